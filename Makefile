@@ -1,0 +1,30 @@
+# The README's commands. `make install` builds .venv; `make test` runs every test in it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint format bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# The pinned torch first: an unpinned one would pull the CUDA build where a CPU one is wanted.
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[test]"
+
+test:
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check spectrosynth tests bench
+	$(BIN)/ruff format --check spectrosynth tests bench
+
+format:
+	$(BIN)/ruff check --fix spectrosynth tests bench
+	$(BIN)/ruff format spectrosynth tests bench
+
+bench:
+	$(BIN)/python bench/tokenize_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""Fixed numbers of the published model, each with where it comes from.
+
+The model hears 16 kHz mono audio as a 128-bin log-mel spectrogram at 50 frames a second, and reads MIDI
+as events on a 10 ms grid. One model window (a "segment") is 256 frames = 5.12 s.
+"""
+
+from __future__ import annotations
+
+import math
+
+SAMPLE_RATE = 16_000  # Hz, the vocoder's output rate
+HOP_LENGTH = 320  # samples per spectrogram frame
+FRAME_RATE = SAMPLE_RATE // HOP_LENGTH  # 50 frames/s
+NUM_MEL_BINS = 128
+
+FRAMES_PER_SEGMENT = 256  # decoder target length
+SAMPLES_PER_SEGMENT = FRAMES_PER_SEGMENT * HOP_LENGTH  # 81_920 samples
+SEGMENT_SECONDS = FRAMES_PER_SEGMENT / FRAME_RATE  # 5.12 s
+
+STEPS_PER_SECOND = 100  # event time grid: 10 ms
+STEPS_PER_FRAME = STEPS_PER_SECOND // FRAME_RATE  # 2
+STEPS_PER_SEGMENT = FRAMES_PER_SEGMENT * STEPS_PER_FRAME  # 512
+MAX_SHIFT_STEPS = 10 * STEPS_PER_SECOND  # a shift token spans at most 10 s
+
+INPUT_LENGTH = 2048  # notes-encoder positions per segment, EOS included
+
+# Log-mel range of the feature space: ln(1e-5) .. 4.0, scaled linearly to [-1, 1] for the decoder.
+MIN_LOG_MEL = math.log(1e-5)  # -11.512925
+MAX_LOG_MEL = 4.0

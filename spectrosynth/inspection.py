@@ -1,0 +1,63 @@
+"""What `spectrosynth inspect` reports about a MIDI file, as plain data (the CLI formats it).
+
+The JSON form is a stable format for scripts; its fields are documented in docs/inspect.md. Fields are
+only ever added, never renamed or removed, within a schema version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spectrosynth.constants import INPUT_LENGTH, SEGMENT_SECONDS
+from spectrosynth.instruments import class_name, program_name, program_to_class
+from spectrosynth.midi import Score
+from spectrosynth.tokens import fit_segment, model_notes, tokenize_notes
+
+SCHEMA = "spectrosynth.inspect/1"
+
+
+def inspect_score(score: Score, include_tokens: bool = False) -> dict[str, Any]:
+    """A JSON-ready report: duration, tracks and the instrument class each renders as, segments, tokens."""
+    notes, duration = model_notes(score)
+    raw = tokenize_notes(notes, duration)
+    segments = [fit_segment(i, t) for i, t in enumerate(raw)]
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "file": score.source,
+        "duration": round(duration, 6),
+        "notes": len(notes),
+        "segments": len(segments),
+        "segment_seconds": SEGMENT_SECONDS,
+        "rendered_duration": round(len(segments) * SEGMENT_SECONDS, 6),
+        "longest_segment_tokens": max((len(t) for t in raw), default=0),
+        "max_segment_tokens": INPUT_LENGTH,
+        "overflowing_segments": [
+            {
+                "index": s.index,
+                "start": round(s.start, 6),
+                "end": round(s.end, 6),
+                "tokens": len(raw[s.index]),
+                "dropped_tokens": s.dropped_tokens,
+                "dropped_from": round(s.dropped_from, 6),
+            }
+            for s in segments
+            if s.dropped_tokens
+        ],
+        "tracks": [
+            {
+                "track": t.index + 1,
+                "name": t.name,
+                "channel": None if t.channel is None else t.channel + 1,
+                "program": t.program,
+                "program_name": "Drums" if t.is_drum else program_name(t.program),
+                "is_drum": t.is_drum,
+                "notes": t.num_notes,
+                "model_class": None if t.is_drum else program_to_class(t.program),
+                "model_class_name": class_name(t.program, t.is_drum),
+            }
+            for t in score.tracks
+        ],
+    }
+    if include_tokens:
+        report["tokens"] = [s.tokens for s in segments]
+    return report

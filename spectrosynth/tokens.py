@@ -1,0 +1,196 @@
+"""MIDI notes -> the token segments the notes encoder reads.
+
+Equivalent to the reference `MidiProcessor` (MT3's "notes + ties" encoding, one velocity bin), computed
+segment by segment instead of through per-10-ms shift events:
+
+1. Notes are sorted by (is_drum, program, pitch). The events are all non-drum note-offs, then all note-ons
+   (drums included), stably sorted by time and put on a 10 ms grid: step = round(t * 100).
+2. A note-on is [program, velocity 1, pitch], a note-off [program, velocity 0, pitch], a drum hit
+   [velocity 1, drum]. Note-offs sort before note-ons at equal times.
+3. Segment j covers steps [512 j, 512 (j + 1)) (5.12 s); the last segment also takes any later event.
+   It starts with its "tie section": every note sounding at the segment start, as [program, pitch] pairs
+   sorted by (program, pitch), then a tie token. Sounding notes get no new note-on.
+4. Run-length encoding: before the first event at a new time comes one shift token holding the steps since
+   the segment start. A velocity or program token equal to the last one emitted in the segment is dropped.
+5. Token id = raw codec index + 3; EOS (1) ends the segment. The reference pads with PAD (0) to 2048.
+
+Reference quirks kept for exact parity: the number of segments comes from the frame grid
+(frames = int(T * 16000) // 320 + 1 for a song of T seconds), and segments that start after the last event
+reuse the tie section in force *before* the last event time (an MT3 quirk).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from spectrosynth import codec as C
+from spectrosynth.constants import (
+    FRAMES_PER_SEGMENT,
+    HOP_LENGTH,
+    INPUT_LENGTH,
+    MAX_SHIFT_STEPS,
+    SAMPLE_RATE,
+    SEGMENT_SECONDS,
+    STEPS_PER_SECOND,
+    STEPS_PER_SEGMENT,
+)
+from spectrosynth.instruments import program_to_class
+from spectrosynth.midi import Note, Score, apply_sustain
+
+_OFF, _ON, _DRUM = 0, 1, 2
+_PITCH_LAST = C.PITCH_BASE + 127
+_VELOCITY = (C.VELOCITY_BASE, C.VELOCITY_BASE + 1)
+_PROGRAM_LAST = C.PROGRAM_BASE + 127
+
+
+def num_segments(duration: float) -> int:
+    """Segments for a song whose last note ends at `duration` seconds (the reference's frame grid)."""
+    num_samples = int(duration * SAMPLE_RATE)
+    num_frames = num_samples // HOP_LENGTH + 1  # the reference always pads with 1..320 samples
+    return math.ceil(num_frames / FRAMES_PER_SEGMENT)
+
+
+def model_notes(score: Score) -> tuple[list[Note], float]:
+    """The score's notes as the model renders them: sustain pedal applied, programs mapped to model classes.
+
+    Returns the notes and the song's duration in seconds.
+    """
+    notes, end_time = apply_sustain(score.notes, score.pedals, score.end_time)
+    for n in notes:
+        if not n.is_drum:
+            n.program = program_to_class(n.program)
+    return notes, end_time
+
+
+def tokenize_notes(notes: Iterable[Note], duration: float) -> list[list[int]]:
+    """Token ids per segment, EOS included and no padding; a segment may exceed the model's 2048 positions."""
+    notes = sorted(notes, key=lambda n: (n.is_drum, n.program, n.pitch))
+    times = [n.end for n in notes if not n.is_drum] + [n.start for n in notes]
+    values = [(_OFF, n.program, n.pitch, 0) for n in notes if not n.is_drum]
+    values += [(_DRUM if n.is_drum else _ON, n.program, n.pitch, _velocity_bin(n.velocity)) for n in notes]
+    order = sorted(range(len(times)), key=times.__getitem__)  # stable, like np.argsort(kind="stable")
+    steps = [round(times[i] * STEPS_PER_SECOND) for i in order]
+    events = [values[i] for i in order]
+    last_step = steps[-1] if steps else 0
+
+    total = num_segments(duration)
+    state: dict[tuple[int, int], int] = {}  # (pitch, program) -> velocity bin of sounding notes
+    applied = 0  # events folded into `state` so far
+    segments = []
+    for j in range(total):
+        start = j * STEPS_PER_SEGMENT
+        # Tie section: the state before the events at min(segment start, last event step).
+        boundary = min(start, last_step)
+        while applied < len(events) and steps[applied] < boundary:
+            kind, program, pitch, velocity = events[applied]
+            if kind != _DRUM:
+                state[(pitch, program)] = velocity
+            applied += 1
+        tied = sorted((k for k, v in state.items() if v), key=lambda k: (k[1], k[0]))
+        raw = [t for pitch, program in tied for t in (C.PROGRAM_BASE + program, C.PITCH_BASE + pitch)]
+        raw.append(C.TIE)
+
+        lo = bisect.bisect_left(steps, start) if j else 0
+        hi = bisect.bisect_left(steps, start + STEPS_PER_SEGMENT) if j < total - 1 else len(steps)
+        segments.append(_run_length_encode(raw, steps[lo:hi], events[lo:hi], start))
+    return segments
+
+
+def _velocity_bin(velocity: int) -> int:
+    return 0 if velocity == 0 else math.ceil(velocity / 127)
+
+
+def _run_length_encode(
+    tie_section: list[int], steps: list[int], events: list[tuple], start: int
+) -> list[int]:
+    out: list[int] = []
+    program_state = velocity_state = -1
+
+    def emit(token: int) -> None:
+        nonlocal program_state, velocity_state
+        if C.PROGRAM_BASE <= token <= _PROGRAM_LAST:
+            if token == program_state:
+                return
+            program_state = token
+        elif token in _VELOCITY:
+            if token == velocity_state:
+                return
+            velocity_state = token
+        out.append(token)
+
+    for token in tie_section:
+        emit(token)
+    emitted_step = start
+    for step, (kind, program, pitch, velocity) in zip(steps, events, strict=True):
+        if kind == _DRUM:
+            group = (C.VELOCITY_BASE + velocity, C.DRUM_BASE + pitch)
+        else:
+            group = (C.PROGRAM_BASE + program, C.VELOCITY_BASE + velocity, C.PITCH_BASE + pitch)
+        for token in group:
+            if step > emitted_step and not _redundant(token, program_state, velocity_state):
+                shift = step - start
+                while shift > 0:  # one token per 10 s at most
+                    out.append(C.SHIFT_BASE + min(MAX_SHIFT_STEPS, shift))
+                    shift -= min(MAX_SHIFT_STEPS, shift)
+                emitted_step = step
+            emit(token)
+    return [t + C.NUM_SPECIAL_TOKENS for t in out] + [C.EOS_ID]
+
+
+def _redundant(token: int, program_state: int, velocity_state: int) -> bool:
+    return token == program_state or token == velocity_state
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One 5.12 s model window."""
+
+    index: int
+    start: float  # seconds
+    tokens: list[int]  # model token ids, EOS last, no padding; at most INPUT_LENGTH
+    dropped_tokens: int = 0  # tokens beyond the model's window that were dropped
+    dropped_from: float | None = None  # events from this time (s) on were dropped
+
+    @property
+    def end(self) -> float:
+        return self.start + SEGMENT_SECONDS
+
+
+def fit_segment(index: int, tokens: list[int], max_length: int = INPUT_LENGTH) -> Segment:
+    """Bound a segment to the model's input length, keeping its earliest events.
+
+    The notes encoder has `max_length` positions (2048, EOS included); the reference crashes beyond that.
+    Here the earliest events are kept and the cut falls on an event boundary (after a pitch, drum or tie
+    token), so no half event is left; `dropped_from` tells from which time events were lost.
+    """
+    start = index * SEGMENT_SECONDS
+    if len(tokens) <= max_length:
+        return Segment(index, start, tokens)
+    keep = max_length - 1
+    while keep > 0 and not _ends_event(tokens[keep - 1]):
+        keep -= 1
+    shift = 0
+    for t in tokens[:keep]:
+        if C.NUM_SPECIAL_TOKENS + C.SHIFT_BASE <= t <= C.NUM_SPECIAL_TOKENS + MAX_SHIFT_STEPS:
+            shift = t - C.NUM_SPECIAL_TOKENS
+    dropped_from = start + shift / STEPS_PER_SECOND
+    return Segment(index, start, tokens[:keep] + [C.EOS_ID], len(tokens) - keep - 1, dropped_from)
+
+
+def _ends_event(token: int) -> bool:
+    raw = token - C.NUM_SPECIAL_TOKENS
+    return C.PITCH_BASE <= raw <= _PITCH_LAST or raw == C.TIE or raw >= C.DRUM_BASE
+
+
+def tokenize(score: Score, max_length: int = INPUT_LENGTH) -> list[Segment]:
+    """A score's model segments, each bounded to the model's input length (see `fit_segment`)."""
+    notes, duration = model_notes(score)
+    return [fit_segment(i, t, max_length) for i, t in enumerate(tokenize_notes(notes, duration))]
+
+
+def pad(tokens: list[int], length: int = INPUT_LENGTH) -> list[int]:
+    """Right-pad token ids with PAD to the encoder's input length."""
+    return tokens + [C.PAD_ID] * (length - len(tokens))
