@@ -110,6 +110,52 @@ def inspect_command(
         _print_report(report)
 
 
+@app.command("render")
+@friendly_errors
+def render_command(
+    midi: MidiArg,
+    output: Annotated[Path, typer.Argument(help="Audio file to write (.wav).", metavar="OUT.wav")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Hub repo id or local folder in the published layout.")
+    ] = "google/music-spectrogram-diffusion",
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) to use.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="float32, bfloat16, float16 (CUDA) or auto.")
+    ] = "float32",
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, max=1000, help="Diffusion steps per segment.")
+    ] = 100,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Random seed: the same seed gives the same audio.")
+    ] = 0,
+    mel_out: Annotated[
+        Path | None,
+        typer.Option("--mel-out", help="Also save the log-mel spectrogram (float32, frames x 128, .npy)."),
+    ] = None,
+) -> None:
+    """Render a MIDI file to 16 kHz audio.
+
+    Example: spectrosynth render song.mid song.wav --steps 100 --seed 1
+    """
+    import numpy as np
+    import soundfile as sf
+
+    from spectrosynth.pipeline import Synthesizer
+    from spectrosynth.tokens import tokenize
+
+    score = _read_score(midi)
+    segments = tokenize(score)
+    synth = Synthesizer.from_pretrained(model, revision=revision, device=device, dtype=dtype)
+    mel = synth.generate_mel([s.tokens for s in segments], steps=steps, seed=seed)
+    audio = synth.vocoder(mel)
+    sf.write(output, audio, 16000, subtype="PCM_16")
+    if mel_out is not None:
+        np.save(mel_out, mel.astype(np.float32))
+
+
 def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -9,3 +9,19 @@ class SpectrosynthError(Exception):
 
 class MidiError(SpectrosynthError):
     """A MIDI file that cannot be read."""
+
+
+class ModelNotFoundError(SpectrosynthError):
+    """No model folder, hub repository or revision by the name given."""
+
+
+class ModelLayoutError(SpectrosynthError):
+    """A model folder (or cached snapshot) that lacks files of the published layout."""
+
+
+class HubError(SpectrosynthError):
+    """The Hugging Face hub could not be reached or refused the download, and nothing usable is cached."""
+
+
+class WeightsError(SpectrosynthError):
+    """A weights or config file that cannot be read, or whose tensors do not fit the model."""

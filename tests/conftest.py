@@ -16,3 +16,18 @@ def complex_midi() -> Path:
 def waltz() -> Path:
     """A real two-track folk tune (Nottingham dataset)."""
     return DATA / "midi" / "nottingham" / "waltzes1.mid"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small random checkpoint in exactly the published layout (spectrosynth.testing)."""
+    from spectrosynth.testing import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("tiny-model"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tiny_model):
+    from spectrosynth.pipeline import Synthesizer
+
+    return Synthesizer.from_pretrained(tiny_model, device="cpu", dtype="float32")

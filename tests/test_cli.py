@@ -79,3 +79,25 @@ def test_console_script_runs(waltz):
     out = subprocess.run([sys.executable, "-m", "spectrosynth.cli", "inspect", str(waltz), "--json"],
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0 and json.loads(out.stdout)["segments"] == 20
+
+
+def test_render_writes_wav_and_mel(tmp_path, tiny_model, waltz):
+    import numpy as np
+    import soundfile as sf
+
+    out, mel = tmp_path / "waltz.wav", tmp_path / "waltz.npy"
+    args = ["render", str(waltz), str(out), "--model", str(tiny_model), "--device", "cpu", "--steps", "2"]
+    result = runner.invoke(app, [*args, "--seed", "3", "--mel-out", str(mel)])
+    assert result.exit_code == 0, result.output
+    audio, rate = sf.read(out, dtype="float32")
+    spectrogram = np.load(mel)
+    assert rate == 16000 and spectrogram.dtype == np.float32 and spectrogram.shape == (20 * 256, 128)
+    assert audio.shape == (20 * 81920,)
+
+
+def test_render_with_a_missing_model_folder_fails_cleanly(tmp_path, waltz):
+    result = runner.invoke(
+        app, ["render", str(waltz), str(tmp_path / "o.wav"), "--model", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 1 and "no such model folder" in result.stderr
+    assert not (tmp_path / "o.wav").exists()

@@ -1,0 +1,139 @@
+"""The FiLM decoder: predicts the noise in a noisy spectrogram, given the encodings and the noise time.
+
+Per layer: FiLM-conditioned self-attention, cross-attention over [notes encodings, context encodings], and a
+FiLM-conditioned gated-GELU feed-forward. FiLM: h * (1 + scale) + shift, with [scale | shift] a linear
+function of the time conditioning.
+
+Work that does not change between diffusion steps is split out so the sampler can do it once:
+`conditioning(noise_time)` depends only on the step (the same for every segment), and
+`cross_keys_values(encodings)` only on the segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spectrosynth.models.layers import Attention, GatedGeluMLP, RMSNorm, timestep_embedding
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Hyperparameters from the published decoder `config.json` (base values in comments)."""
+
+    d_model: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    d_kv: int = 64
+    d_ff: int = 2048
+    input_dims: int = 128  # mel bins
+    targets_length: int = 256  # frames per segment
+    max_decoder_noise_time: float = 2000.0  # the published checkpoint says 20000.0: always read the config
+
+    @classmethod
+    def from_dict(cls, config: dict) -> DecoderConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation by the time conditioning."""
+
+    def __init__(self, cond_dim: int, d_model: int):
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * d_model, bias=False)
+
+    def scale_shift(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond (B, 1, 4C) -> (B, 1, 2C): [scale | shift]."""
+        return self.proj(cond)
+
+    @staticmethod
+    def apply(x: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
+        scale, shift = scale_shift.chunk(2, dim=-1)
+        return x * (1 + scale) + shift
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: DecoderConfig):
+        super().__init__()
+        self.self_attn_norm = RMSNorm(c.d_model)
+        self.self_attn_film = FiLM(4 * c.d_model, c.d_model)
+        self.self_attn = Attention(c.d_model, c.num_heads, c.d_kv)
+        self.cross_attn_norm = RMSNorm(c.d_model)
+        self.cross_attn = Attention(c.d_model, c.num_heads, c.d_kv)
+        self.mlp_norm = RMSNorm(c.d_model)
+        self.mlp_film = FiLM(4 * c.d_model, c.d_model)
+        self.mlp = GatedGeluMLP(c.d_model, c.d_ff)
+
+    def forward(self, y, films: tuple[torch.Tensor, torch.Tensor], kv: KV, key_mask=None) -> torch.Tensor:
+        y = y + self.self_attn(FiLM.apply(self.self_attn_norm(y), films[0]))
+        y = y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask)
+        return y + self.mlp(FiLM.apply(self.mlp_norm(y), films[1]))
+
+
+class FilmDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        c = self.config = config
+        self.time_proj1 = nn.Linear(c.d_model, 4 * c.d_model, bias=False)
+        self.time_proj2 = nn.Linear(4 * c.d_model, 4 * c.d_model, bias=False)
+        self.position_embedding = nn.Embedding(c.targets_length, c.d_model)
+        self.input_proj = nn.Linear(c.input_dims, c.d_model, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+        self.final_norm = RMSNorm(c.d_model)
+        self.output_proj = nn.Linear(c.d_model, c.input_dims, bias=False)
+
+    def conditioning(self, noise_time: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """noise_time (B,) in [0, 1) -> per layer, the two FiLM [scale | shift] tensors (B, 1, 2C)."""
+        emb = timestep_embedding(
+            noise_time * self.config.max_decoder_noise_time,
+            self.config.d_model,
+            self.config.max_decoder_noise_time,
+        ).to(self.time_proj1.weight.dtype)
+        cond = F.silu(self.time_proj2(F.silu(self.time_proj1(emb)))).unsqueeze(1)  # (B, 1, 4C)
+        return [(lyr.self_attn_film.scale_shift(cond), lyr.mlp_film.scale_shift(cond)) for lyr in self.layers]
+
+    def cross_keys_values(self, encodings: torch.Tensor) -> list[KV]:
+        """encodings (B, S, C), notes then context along S -> per layer, cross-attention keys and values."""
+        return [lyr.cross_attn.keys_values(encodings) for lyr in self.layers]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        films: list[tuple[torch.Tensor, torch.Tensor]],
+        kvs: list[KV],
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, 256, 128) noisy features in [-1, 1] -> predicted noise (B, 256, 128).
+
+        films from `conditioning`, kvs from `cross_keys_values`; key_mask (B, S) bool only if S is padded.
+        """
+        y = self.input_proj(x) + self.position_embedding.weight[: x.shape[1]]
+        for layer, film, kv in zip(self.layers, films, kvs, strict=True):
+            y = layer(y, film, kv, key_mask)
+        return self.output_proj(self.final_norm(y))
+
+
+DECODER_KEY_MAP = [
+    (r"conditioning_emb\.0\.weight", "time_proj1.weight"),
+    (r"conditioning_emb\.2\.weight", "time_proj2.weight"),
+    (r"position_encoding\.weight", "position_embedding.weight"),
+    (r"continuous_inputs_projection\.weight", "input_proj.weight"),
+    (r"decoders\.(\d+)\.layer\.0\.layer_norm\.weight", r"layers.\1.self_attn_norm.weight"),
+    (r"decoders\.(\d+)\.layer\.0\.FiLMLayer\.scale_bias\.weight", r"layers.\1.self_attn_film.proj.weight"),
+    (r"decoders\.(\d+)\.layer\.0\.attention\.to_([qkv])\.weight", r"layers.\1.self_attn.\2.weight"),
+    (r"decoders\.(\d+)\.layer\.0\.attention\.to_out\.0\.weight", r"layers.\1.self_attn.o.weight"),
+    (r"decoders\.(\d+)\.layer\.1\.layer_norm\.weight", r"layers.\1.cross_attn_norm.weight"),
+    (r"decoders\.(\d+)\.layer\.1\.attention\.to_([qkv])\.weight", r"layers.\1.cross_attn.\2.weight"),
+    (r"decoders\.(\d+)\.layer\.1\.attention\.to_out\.0\.weight", r"layers.\1.cross_attn.o.weight"),
+    (r"decoders\.(\d+)\.layer\.2\.layer_norm\.weight", r"layers.\1.mlp_norm.weight"),
+    (r"decoders\.(\d+)\.layer\.2\.film\.scale_bias\.weight", r"layers.\1.mlp_film.proj.weight"),
+    (r"decoders\.(\d+)\.layer\.2\.DenseReluDense\.(wi_0|wi_1|wo)\.weight", r"layers.\1.mlp.\2.weight"),
+    (r"decoder_norm\.weight", "final_norm.weight"),
+    (r"spec_out\.weight", "output_proj.weight"),
+]

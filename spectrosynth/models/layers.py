@@ -1,0 +1,111 @@
+"""Building blocks shared by the encoders and the decoder (T5.1.1 style).
+
+RMSNorm without bias or mean subtraction, bias-free linear layers, attention without 1/sqrt(d) scaling
+(T5 folds it into the initialisation) and without relative position bias, and a gated-GELU feed-forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * w, with the statistics in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention, unscaled scores, no biases."""
+
+    def __init__(self, d_model: int, num_heads: int, d_kv: int):
+        super().__init__()
+        self.num_heads, self.d_kv = num_heads, d_kv
+        inner = num_heads * d_kv
+        self.q = nn.Linear(d_model, inner, bias=False)
+        self.k = nn.Linear(d_model, inner, bias=False)
+        self.v = nn.Linear(d_model, inner, bias=False)
+        self.o = nn.Linear(inner, d_model, bias=False)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H * D) -> (B, H, T, D)"""
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.d_kv).transpose(1, 2)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values of `context` (B, S, C), each (B, H, S, D): cacheable across calls."""
+        return self.split_heads(self.k(context)), self.split_heads(self.v(context))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, C) attends to `context` (self-attention when None) or to precomputed `kv`.
+
+        key_mask (B, S) bool: False keys get no attention weight.
+        """
+        q = self.split_heads(self.q(x))
+        k, v = kv if kv is not None else self.keys_values(x if context is None else context)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, T, D)
+        b, _, t, _ = out.shape
+        return self.o(out.transpose(1, 2).reshape(b, t, self.num_heads * self.d_kv))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation ("gelu_new", Flax's default)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class GatedGeluMLP(nn.Module):
+    """wo(gelu_tanh(wi_0 x) * wi_1 x)"""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
+        self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        self.wo = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(gelu_tanh(self.wi_0(x)) * self.wi_1(x))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm T5 encoder block: self-attention then feed-forward, each with a residual."""
+
+    def __init__(self, d_model: int, num_heads: int, d_kv: int, d_ff: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, num_heads, d_kv)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = GatedGeluMLP(d_model, d_ff)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), key_mask=key_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
+    """Sinusoidal embedding of t (B,) -> (B, dim): [sin(t f_k), cos(t f_k)], f_k = P^(-k / (dim/2 - 1)).
+
+    P = max_period. The same float32 operations, in the same order, as the reference
+    (diffusers' get_timestep_embedding).
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1)
+    angles = t[:, None].float() * torch.exp(exponent)[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
