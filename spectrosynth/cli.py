@@ -1,6 +1,7 @@
 """The `spectrosynth` command line. Thin by design: the work happens in the library modules.
 
 Heavy modules (torch, numpy, pretty_midi) are imported inside the commands so that `--help` is instant.
+Every failure a user can cause is one line on stderr: exit code 1, or 2 for a wrong command line.
 """
 
 from __future__ import annotations
@@ -9,29 +10,64 @@ import functools
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+# click's exception classes, taken from Typer's public BadParameter so that they are the ones Typer raises
+# (recent Typer versions ship their own copy of click).
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
 
 DEBUG_ENV = "SPECTROSYNTH_DEBUG"  # set to 1 to see full tracebacks
+PROG = "spectrosynth"
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one line ("spectrosynth: error: ..."), exit code 2, instead of a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as e:
+            if not standalone_mode:
+                raise
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            typer.echo(f"{PROG}: error: {e.format_message()}{where}", err=True)
+            sys.exit(2)
+        except ClickException as e:
+            if not standalone_mode:
+                raise
+            typer.echo(f"{PROG}: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo(f"{PROG}: interrupted", err=True)
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
 
 app = typer.Typer(
-    name="spectrosynth",
+    name=PROG,
+    cls=_OneLineErrors,
     help="Render MIDI files to audio with the Spectrogram Diffusion model (Hawthorne et al., ISMIR 2022).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-MidiArg = Annotated[
-    str, typer.Argument(help="MIDI file to read; '-' reads it from standard input.", metavar="SONG.mid")
-]
-
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"spectrosynth: error: {message}", err=True)
+    typer.echo(f"{PROG}: error: {message}", err=True)
     return typer.Exit(code)
 
 
@@ -44,18 +80,153 @@ def friendly_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, ClickException):
             raise
         except KeyboardInterrupt:
-            raise _fail("interrupted", 130) from None
+            raise _fail("interrupted; nothing was left half-written", 130) from None
         except Exception as e:
             if os.environ.get(DEBUG_ENV):
                 raise
             if isinstance(e, SpectrosynthError):
                 raise _fail(str(e)) from None
+            if isinstance(e, OSError) and e.filename:
+                raise _fail(f"{e.filename}: {e.strerror or e}") from None
             raise _fail(f"{type(e).__name__}: {e} (set {DEBUG_ENV}=1 to see the traceback)") from None
 
     return wrapper
+
+
+def _note(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        typer.echo(f"{PROG}: {message}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options shared between commands (one definition each, as huggingface_hub's CLI does).
+
+MidiArg = Annotated[
+    str, typer.Argument(help="MIDI file to read; '-' reads it from standard input.", metavar="SONG.mid")
+]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="REPO|DIR",
+        help="Hub repo id, downloaded once into the Hugging Face cache, or a local model folder.",
+    ),
+]
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option("--revision", metavar="REV", help="Hub revision to use: a branch, tag or commit hash."),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", "-d", metavar="DEVICE", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        metavar="DTYPE",
+        help="Precision: float32, bfloat16, float16 (CUDA only), or auto (fastest).",
+    ),
+]
+StepsOpt = Annotated[
+    int,
+    typer.Option(
+        "--steps", metavar="N", min=1, max=1000, help="Diffusion steps per 5.12 s segment: fewer is faster."
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", metavar="N", min=0, help="Random seed: the same seed gives the same audio.")
+]
+ProgramOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--program",
+        metavar="FROM=TO",
+        help="Play every track of General MIDI program FROM as TO (0-127 or a name: 0=40, piano=violin). "
+        "Repeatable.",
+    ),
+]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track", metavar="N=TO", help="Play track N (as `inspect` numbers them) as program TO. Repeatable."
+    ),
+]
+MuteOpt = Annotated[
+    list[str] | None, typer.Option("--mute", metavar="N", help="Leave out track N (or N,M,...). Repeatable.")
+]
+NoDrumsOpt = Annotated[bool, typer.Option("--no-drums", help="Leave out every drum track.")]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        metavar="wav|flac",
+        help="Audio format. Default: from the output's extension (needed for '-').",
+    ),
+]
+BitDepthOpt = Annotated[
+    int,
+    typer.Option("--bit-depth", metavar="16|24|32", help="16 or 24 (integer PCM), or 32 (float, WAV only)."),
+]
+SampleRateOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--sample-rate",
+        "-r",
+        metavar="HZ",
+        min=8000,
+        max=192000,
+        help="Resample to this rate (e.g. 44100, 48000). Default: the model's native 16000 Hz.",
+    ),
+]
+GainOpt = Annotated[
+    float, typer.Option("--gain", metavar="DB", min=-60.0, max=60.0, help="Gain in dB applied to the audio.")
+]
+NormalizeOpt = Annotated[
+    bool, typer.Option("--normalize/--no-normalize", help="Scale the audio so its peak is at -1 dBFS.")
+]
+ClipOpt = Annotated[
+    str,
+    typer.Option(
+        "--clip",
+        metavar="MODE",
+        help="Beyond full scale: rescale (lower the whole file), clamp (hard-limit samples) or none.",
+    ),
+]
+TailOpt = Annotated[
+    float,
+    typer.Option(
+        "--tail",
+        metavar="SECONDS",
+        min=0.0,
+        help="Seconds kept after the last note ends (the model's release).",
+    ),
+]
+TrimOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trim/--no-trim", help="End the audio --tail seconds after the last note, not on a 5.12 s boundary."
+    ),
+]
+StartOpt = Annotated[
+    float, typer.Option("--start", metavar="SECONDS", min=0.0, help="Render from this time in seconds.")
+]
+DurationOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--duration", metavar="SECONDS", min=0.01, help="Render only this many seconds (a preview)."
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]
+
+DEFAULT_MODEL = "google/music-spectrogram-diffusion"
 
 
 def _read_score(source: str):
@@ -66,11 +237,17 @@ def _read_score(source: str):
     return read_midi(Path(source))
 
 
+def _remap(program, track, mute, no_drums):
+    from spectrosynth.remap import Remap
+
+    return Remap.from_options(program or (), track or (), mute or (), no_drums)
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        typer.echo(f"spectrosynth {version('spectrosynth')}")
+        typer.echo(f"{PROG} {version('spectrosynth')}")
         raise typer.Exit()
 
 
@@ -86,6 +263,10 @@ def _main(
     """
 
 
+# ---------------------------------------------------------------------------------------------------------
+# inspect
+
+
 @app.command("inspect")
 @friendly_errors
 def inspect_command(
@@ -96,64 +277,25 @@ def inspect_command(
     tokens: Annotated[
         bool, typer.Option("--tokens", help="Add each segment's model token ids (without padding).")
     ] = False,
+    program: ProgramOpt = None,
+    track: TrackOpt = None,
+    mute: MuteOpt = None,
+    no_drums: NoDrumsOpt = False,
 ) -> None:
     """Show what the model will see: duration, tracks and the instrument each renders as, segments, tokens.
 
-    Example: spectrosynth inspect song.mid --json | jq '.tracks[] | {track, model_class_name}'
+    Takes the same instrument options as `render`, to check their effect first.
+
+    Example: spectrosynth inspect song.mid --program 0=40 --json | jq '.tracks[] | {track, model_class_name}'
     """
     from spectrosynth.inspection import inspect_score
 
-    report = inspect_score(_read_score(midi), include_tokens=tokens)
+    remap = _remap(program, track, mute, no_drums)
+    report = inspect_score(_read_score(midi), include_tokens=tokens, remap=remap)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         _print_report(report)
-
-
-@app.command("render")
-@friendly_errors
-def render_command(
-    midi: MidiArg,
-    output: Annotated[Path, typer.Argument(help="Audio file to write (.wav).", metavar="OUT.wav")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Hub repo id or local folder in the published layout.")
-    ] = "google/music-spectrogram-diffusion",
-    revision: Annotated[
-        str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) to use.")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="float32, bfloat16, float16 (CUDA) or auto.")
-    ] = "float32",
-    steps: Annotated[
-        int, typer.Option("--steps", min=1, max=1000, help="Diffusion steps per segment.")
-    ] = 100,
-    seed: Annotated[
-        int, typer.Option("--seed", min=0, help="Random seed: the same seed gives the same audio.")
-    ] = 0,
-    mel_out: Annotated[
-        Path | None,
-        typer.Option("--mel-out", help="Also save the log-mel spectrogram (float32, frames x 128, .npy)."),
-    ] = None,
-) -> None:
-    """Render a MIDI file to 16 kHz audio.
-
-    Example: spectrosynth render song.mid song.wav --steps 100 --seed 1
-    """
-    import numpy as np
-    import soundfile as sf
-
-    from spectrosynth.pipeline import Synthesizer
-    from spectrosynth.tokens import tokenize
-
-    score = _read_score(midi)
-    segments = tokenize(score)
-    synth = Synthesizer.from_pretrained(model, revision=revision, device=device, dtype=dtype)
-    mel = synth.generate_mel([s.tokens for s in segments], steps=steps, seed=seed)
-    audio = synth.vocoder(mel)
-    sf.write(output, audio, 16000, subtype="PCM_16")
-    if mel_out is not None:
-        np.save(mel_out, mel.astype(np.float32))
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -171,6 +313,8 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(
         f"  tokens    longest segment {report['longest_segment_tokens']} of {report['max_segment_tokens']}"
     )
+    for notice in report.get("notices", []):
+        console.print(f"  note: {notice}", soft_wrap=True)
     for o in report["overflowing_segments"]:
         console.print(
             f"  [yellow]warning[/yellow]: segment {o['index']} ({o['start']:.2f}-{o['end']:.2f} s) has "
@@ -182,7 +326,11 @@ def _print_report(report: dict[str, Any]) -> None:
         table.add_column(name, justify=justify)
     for t in report["tracks"]:
         program = "drums" if t["is_drum"] else f"{t['program']} {t['program_name']}"
+        if t.get("source_program") is not None:
+            program += f" (was {t['source_program']})"
         renders = "Drums" if t["is_drum"] else f"{t['model_class_name']} ({t['model_class']})"
+        if t.get("muted"):
+            renders = "muted"
         channel = "?" if t["channel"] is None else str(t["channel"])
         table.add_row(str(t["track"]), t["name"] or "-", channel, program, str(t["notes"]), renders)
     if report["tracks"]:
@@ -194,6 +342,384 @@ def _print_report(report: dict[str, Any]) -> None:
 def _clock(seconds: float) -> str:
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}:{rest:04.1f}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# render and batch
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How audio is written: shared by `render` and `batch`."""
+
+    fmt: str | None
+    bit_depth: int
+    sample_rate: int | None
+    gain_db: float
+    normalize: bool
+    clip: str
+    tail: float
+    trim: bool
+
+    def validate(self) -> None:
+        from spectrosynth.errors import SpectrosynthError
+
+        if self.clip not in ("rescale", "clamp", "none"):
+            raise typer.BadParameter(
+                f"{self.clip!r} is not one of rescale, clamp, none", param_hint="'--clip'"
+            )
+        if self.fmt is not None and self.fmt not in ("wav", "flac"):
+            raise typer.BadParameter(f"{self.fmt!r} is not one of wav, flac", param_hint="'--format'")
+        if self.bit_depth not in (16, 24, 32):
+            raise typer.BadParameter(f"{self.bit_depth} is not one of 16, 24, 32", param_hint="'--bit-depth'")
+        if self.fmt == "flac" and self.bit_depth == 32:
+            raise SpectrosynthError("FLAC holds at most 24 bits; use --bit-depth 24 or a .wav file")
+
+
+@dataclass(frozen=True)
+class SongResult:
+    audio_seconds: float
+    wall_seconds: float
+
+
+class ModelLoader:
+    """Loads the model on first use, once, for any number of songs."""
+
+    def __init__(self, model: str, revision: str | None, device: str, dtype: str, quiet: bool):
+        from spectrosynth.pipeline import resolve_device, resolve_dtype
+
+        # Checked now, so that a wrong --device or --dtype fails before any work.
+        resolved = resolve_device(device)
+        precision = str(resolve_dtype(dtype, resolved)).removeprefix("torch.")
+        self.model, self.revision, self.device, self.dtype, self.quiet = model, revision, device, dtype, quiet
+        self.description = f"{model} on {resolved} ({precision})"
+        self._synth = None
+
+    def get(self):
+        if self._synth is None:
+            from spectrosynth.pipeline import Synthesizer
+            from spectrosynth.weights import resolve_model
+
+            folder = resolve_model(self.model, revision=self.revision, progress=not self.quiet)
+            _note(f"loading {self.description}", self.quiet)
+            self._synth = Synthesizer.from_pretrained(folder, device=self.device, dtype=self.dtype)
+        return self._synth
+
+
+def _render_song(
+    score,
+    output: str,
+    fmt: str,
+    settings: OutputSettings,
+    loader: ModelLoader,
+    *,
+    steps: int,
+    seed: int,
+    start: float,
+    duration: float | None,
+    force: bool,
+    quiet: bool,
+    label: str,
+    mel_out: Path | None = None,
+) -> SongResult:
+    """Render one (already remapped) score to `output` ('-' for stdout), writing atomically."""
+    import numpy as np
+
+    from spectrosynth.audio import AudioWriter
+    from spectrosynth.constants import HOP_LENGTH, SAMPLE_RATE
+    from spectrosynth.progress import RenderProgress
+    from spectrosynth.tokens import prepare
+
+    song = prepare(score, start=start, length=duration)
+    for s in song.segments:
+        if s.dropped_tokens:
+            _note(
+                f"warning: {label}: segment {s.index} ({s.start:.2f}-{s.end:.2f} s) is too dense for the "
+                f"model (over 2048 tokens); its events from {s.dropped_from:.2f} s on are left out",
+                quiet,
+            )
+    synth = loader.get()
+    began = time.monotonic()
+    with RenderProgress(label, len(song.segments), steps, quiet=quiet) as progress:
+        mel = np.concatenate(
+            list(synth.iter_mel([s.tokens for s in song.segments], steps, seed, None, progress))
+        )
+    total = mel.shape[0] * HOP_LENGTH
+    keep = min(total, round((song.duration + settings.tail) * SAMPLE_RATE)) if settings.trim else total
+    audio = synth.vocoder(mel)[:keep]
+    mel = mel[: -(-keep // HOP_LENGTH)]
+    writer = AudioWriter(
+        output,
+        fmt,
+        settings.bit_depth,
+        settings.sample_rate,
+        gain_db=settings.gain_db,
+        normalize=settings.normalize,
+        clip=settings.clip,
+        force=force,
+    )
+    with writer:
+        for i in range(0, len(audio), 1 << 20):
+            writer.write(audio[i : i + (1 << 20)])
+    summary = writer.summary
+    if mel_out is not None:
+        _save_npy_atomically(mel_out, mel.astype(np.float32), force)
+    wall = time.monotonic() - began
+    if summary.notice:
+        _note(f"{label}: {summary.notice}", quiet)
+    where = "standard output" if output == "-" else output
+    _note(
+        f"wrote {where}: {keep / SAMPLE_RATE:.1f} s at {summary.sample_rate} Hz, {summary.subtype} "
+        f"in {wall:.1f} s ({keep / SAMPLE_RATE / wall if wall else 0:.2f}x real time)",
+        quiet,
+    )
+    return SongResult(keep / SAMPLE_RATE, wall)
+
+
+def _save_npy_atomically(path: Path, array, force: bool) -> None:
+    import numpy as np
+
+    from spectrosynth.audio import atomic_file
+
+    with atomic_file(path, force) as f:
+        np.save(f, array)
+
+
+@app.command("render")
+@friendly_errors
+def render_command(
+    midi: MidiArg,
+    output: Annotated[
+        str,
+        typer.Argument(
+            help="Audio file to write (.wav or .flac); '-' writes to standard output.", metavar="OUT"
+        ),
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    steps: StepsOpt = 100,
+    seed: SeedOpt = 0,
+    program: ProgramOpt = None,
+    track: TrackOpt = None,
+    mute: MuteOpt = None,
+    no_drums: NoDrumsOpt = False,
+    start: StartOpt = 0.0,
+    duration: DurationOpt = None,
+    fmt: FormatOpt = None,
+    bit_depth: BitDepthOpt = 16,
+    sample_rate: SampleRateOpt = None,
+    gain: GainOpt = 0.0,
+    normalize: NormalizeOpt = False,
+    clip: ClipOpt = "rescale",
+    tail: TailOpt = 1.0,
+    trim: TrimOpt = True,
+    mel_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--mel-out",
+            metavar="MEL.npy",
+            help="Also save the log-mel spectrogram (float32, frames x 128) as .npy.",
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Render a MIDI file to audio (16 kHz mono unless --sample-rate).
+
+    Examples:
+
+      spectrosynth render song.mid song.wav
+
+      spectrosynth render song.mid song.flac --program piano=violin --mute 3 --start 30 --duration 20
+
+      cat song.mid | spectrosynth render - - --format flac > song.flac
+    """
+    from spectrosynth.audio import check_output, output_format
+
+    settings = OutputSettings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    settings.validate()
+    out_format = output_format(output, fmt)
+    check_output(output, force)  # before any slow work
+    if mel_out is not None:
+        check_output(str(mel_out), force)
+    remap = _remap(program, track, mute, no_drums)
+    loader = ModelLoader(model, revision, device, dtype, quiet)
+    score = _read_score(midi)
+    if not remap.is_identity():
+        from spectrosynth.remap import apply_remap
+
+        score, notices = apply_remap(score, remap)
+        for notice in notices:
+            _note(notice, quiet)
+    label = "<stdin>" if midi == "-" else Path(midi).name
+    _render_song(
+        score, output, out_format, settings, loader, steps=steps, seed=seed, start=start, duration=duration,
+        force=force, quiet=quiet, label=label, mel_out=mel_out,
+    )  # fmt: skip
+
+
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+def find_midi_files(folder: Path) -> list[Path]:
+    """Every .mid/.midi file below `folder` (any letter case), in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+
+
+@app.command("batch")
+@friendly_errors
+def batch_command(
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder searched (recursively) for .mid and .midi files.", metavar="IN_DIR")
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Argument(help="Folder for the audio; the input's folder tree is mirrored.", metavar="OUT_DIR"),
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    steps: StepsOpt = 100,
+    seed: SeedOpt = 0,
+    program: ProgramOpt = None,
+    track: TrackOpt = None,
+    mute: MuteOpt = None,
+    no_drums: NoDrumsOpt = False,
+    start: StartOpt = 0.0,
+    duration: DurationOpt = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="wav|flac", help="Audio format.")] = "wav",
+    bit_depth: BitDepthOpt = 16,
+    sample_rate: SampleRateOpt = None,
+    gain: GainOpt = 0.0,
+    normalize: NormalizeOpt = False,
+    clip: ClipOpt = "rescale",
+    tail: TailOpt = 1.0,
+    trim: TrimOpt = True,
+    save_mel: Annotated[
+        bool, typer.Option("--save-mel", help="Also save each log-mel spectrogram next to its audio (.npy).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Render again files whose output exists.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Render every MIDI file in a folder tree, loading the model once.
+
+    Outputs that already exist are skipped (so an interrupted batch resumes where it stopped) unless
+    --force. A file that cannot be rendered is reported and the batch goes on; the exit code is 1 if any
+    file failed.
+
+    Example: spectrosynth batch midi/ audio/ --format flac --steps 50
+    """
+    from spectrosynth.errors import SpectrosynthError
+
+    settings = OutputSettings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    settings.validate()
+    if not in_dir.is_dir():
+        raise SpectrosynthError(f"{in_dir}: no such folder; give the folder that holds the MIDI files")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpectrosynthError(f"{out_dir} is a file; give a folder for the audio")
+    remap = _remap(program, track, mute, no_drums)
+    files = find_midi_files(in_dir)
+    if not files:
+        raise SpectrosynthError(f"{in_dir}: no .mid or .midi files found (searched every subfolder)")
+    loader = ModelLoader(model, revision, device, dtype, quiet)
+    rendered = skipped = 0
+    failed: list[tuple[Path, str]] = []
+    audio_seconds = 0.0
+    began = time.monotonic()
+    try:
+        for n, path in enumerate(files, 1):
+            rel = path.relative_to(in_dir)
+            target = (out_dir / rel).with_suffix(f".{fmt}")
+            label = f"[{n}/{len(files)}] {rel}"
+            if target.exists() and not force:
+                skipped += 1
+                _note(f"{label}: skipped, {target} exists (--force renders it again)", quiet)
+                continue
+            try:
+                score = _read_score(str(path))
+                if not remap.is_identity():
+                    from spectrosynth.remap import apply_remap
+
+                    score, _ = apply_remap(score, remap)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                result = _render_song(
+                    score, str(target), fmt, settings, loader, steps=steps, seed=seed, start=start,
+                    duration=duration, force=force, quiet=quiet, label=label,
+                    mel_out=target.with_suffix(".npy") if save_mel else None,
+                )  # fmt: skip
+            except SpectrosynthError as e:
+                if loader._synth is None and not isinstance(e, _PER_FILE_ERRORS()):
+                    raise  # the model itself cannot be loaded: no point going on
+                failed.append((rel, str(e)))
+                typer.echo(f"{PROG}: error: {e}", err=True)
+                continue
+            rendered += 1
+            audio_seconds += result.audio_seconds
+    except KeyboardInterrupt:
+        _batch_summary(rendered, skipped, failed, audio_seconds, time.monotonic() - began, interrupted=True)
+        raise _fail(
+            "interrupted; finished files are kept, run the same command again to resume", 130
+        ) from None
+    _batch_summary(rendered, skipped, failed, audio_seconds, time.monotonic() - began, quiet=quiet)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _PER_FILE_ERRORS() -> tuple[type, ...]:
+    """Errors that concern one file (the batch goes on), as opposed to the model or the options."""
+    from spectrosynth.errors import MidiError, OutputError, RemapError
+
+    return (MidiError, OutputError, RemapError)
+
+
+def _batch_summary(rendered, skipped, failed, audio_seconds, wall, interrupted=False, quiet=False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if quiet and not failed:
+        return
+    console = Console(stderr=True, highlight=False)
+    table = Table(title="batch interrupted" if interrupted else "batch finished", title_justify="left")
+    for column in ("rendered", "skipped", "failed", "audio", "wall time"):
+        table.add_column(column, justify="right")
+    table.add_row(str(rendered), str(skipped), str(len(failed)), f"{audio_seconds:.1f} s", f"{wall:.1f} s")
+    console.print(table)
+    for rel, message in failed:
+        console.print(f"failed: {rel}: {message}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# download
+
+
+@app.command("download")
+@friendly_errors
+def download_command(
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Download again even if the cache has a complete copy.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fetch the model into the Hugging Face cache now, and check it, for rendering offline later.
+
+    Later renders use the cache without the network; set HF_HUB_OFFLINE=1 to make sure nothing is fetched.
+    HF_HOME chooses where the cache lives.
+
+    Example: HF_HOME=/data/hf spectrosynth download
+    """
+    from spectrosynth import weights
+
+    folder = weights.resolve_model(model, revision=revision, progress=not quiet, force=force)
+    size = weights.verify_model(folder)
+    typer.echo(f"{folder}")
+    _note(f"{model} is complete and checked ({size / 1e9:.2f} GB)", quiet)
 
 
 def main() -> None:

@@ -25,3 +25,11 @@ class HubError(SpectrosynthError):
 
 class WeightsError(SpectrosynthError):
     """A weights or config file that cannot be read, or whose tensors do not fit the model."""
+
+
+class RemapError(SpectrosynthError):
+    """A --program, --track, --mute or --no-drums option that cannot be applied (spectrosynth.remap)."""
+
+
+class OutputError(SpectrosynthError):
+    """An output path, format or level setting that cannot be used, or a file that could not be written."""

@@ -11,13 +11,20 @@ from typing import Any
 from spectrosynth.constants import INPUT_LENGTH, SEGMENT_SECONDS
 from spectrosynth.instruments import class_name, program_name, program_to_class
 from spectrosynth.midi import Score
+from spectrosynth.remap import Remap, apply_remap
 from spectrosynth.tokens import fit_segment, model_notes, tokenize_notes
 
 SCHEMA = "spectrosynth.inspect/1"
 
 
-def inspect_score(score: Score, include_tokens: bool = False) -> dict[str, Any]:
-    """A JSON-ready report: duration, tracks and the instrument class each renders as, segments, tokens."""
+def inspect_score(score: Score, include_tokens: bool = False, remap: Remap | None = None) -> dict[str, Any]:
+    """A JSON-ready report: duration, tracks and the instrument class each renders as, segments, tokens.
+
+    With `remap`, the report shows the song as it will be rendered with those instrument changes.
+    """
+    notices: list[str] = []
+    if remap is not None and not remap.is_identity():
+        score, notices = apply_remap(score, remap)
     notes, duration = model_notes(score)
     raw = tokenize_notes(notes, duration)
     segments = [fit_segment(i, t) for i, t in enumerate(raw)]
@@ -54,9 +61,14 @@ def inspect_score(score: Score, include_tokens: bool = False) -> dict[str, Any]:
                 "notes": t.num_notes,
                 "model_class": None if t.is_drum else program_to_class(t.program),
                 "model_class_name": class_name(t.program, t.is_drum),
+                "muted": getattr(t, "muted", False),
+                "source_program": getattr(t, "source_program", None)
+                if getattr(t, "remapped", False)
+                else None,
             }
             for t in score.tracks
         ],
+        "notices": notices,
     }
     if include_tokens:
         report["tokens"] = [s.tokens for s in segments]

@@ -19,9 +19,10 @@ notes to 2048 tokens and masks the padding (weight exactly 0), so the encoders r
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from spectrosynth.errors import SpectrosynthError
 from spectrosynth.sampling import DDPMSchedule, sample_ddpm
 from spectrosynth.tokens import Segment
 from spectrosynth.vocoder import Vocoder
+
+if TYPE_CHECKING:
+    from spectrosynth.remap import Remap
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPONENTS = ("notes_encoder", "continuous_encoder", "decoder")
@@ -172,16 +176,15 @@ class Synthesizer:
             torch_dtype,
         )
 
-    @torch.inference_mode()
-    def generate_mel(
+    def iter_mel(
         self,
         segments: list[list[int]],
         steps: int = 100,
         seed: int = 0,
         generator: torch.Generator | None = None,
         callback: ProgressCallback | None = None,
-    ) -> np.ndarray:
-        """Token segments (unpadded) -> log-mel spectrogram (256 * len(segments), 128), float32.
+    ) -> Iterator[np.ndarray]:
+        """Token segments (unpadded) -> each segment's log-mel spectrogram (256, 128), float32, in order.
 
         The noise comes from a CPU generator seeded with `seed` (or the given `generator`), drawn in the
         reference's order: the starting noise of each segment, then one draw per step except the last.
@@ -192,33 +195,43 @@ class Synthesizer:
         def noise() -> torch.Tensor:
             return torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
 
-        timesteps = self.schedule.timesteps(steps)
-        # Per-step FiLM conditioning: depends on the step only, so computed once for the whole song.
-        n = self.schedule.num_train_timesteps
-        films = [self.decoder.conditioning(torch.tensor([t], device=self.device) / n) for t in timesteps]
-
-        mels, context = [], None
+        with torch.inference_mode():
+            timesteps = self.schedule.timesteps(steps)
+            # Per-step FiLM conditioning: depends on the step only, so computed once for the whole song.
+            n = self.schedule.num_train_timesteps
+            films = [self.decoder.conditioning(torch.tensor([t], device=self.device) / n) for t in timesteps]
+        context = None
         for i, tokens in enumerate(segments):
-            encodings = self.notes_encoder(torch.tensor([tokens], dtype=torch.long, device=self.device))
-            if context is not None:
-                encodings = torch.cat(
-                    [encodings, self.context_encoder(scale_features(context).to(self.dtype))], 1
-                )
-            kvs = self.decoder.cross_keys_values(encodings)  # fixed for all steps of this segment
+            with torch.inference_mode():
+                encodings = self.notes_encoder(torch.tensor([tokens], dtype=torch.long, device=self.device))
+                if context is not None:
+                    features = scale_features(context).to(self.dtype)
+                    encodings = torch.cat([encodings, self.context_encoder(features)], 1)
+                kvs = self.decoder.cross_keys_values(encodings)  # fixed for all steps of this segment
 
-            def denoise(x: torch.Tensor, j: int, kvs=kvs) -> torch.Tensor:
-                return self.decoder(x.to(self.dtype), films[j], kvs)
+                def denoise(x: torch.Tensor, j: int, kvs=kvs) -> torch.Tensor:
+                    return self.decoder(x.to(self.dtype), films[j], kvs)
 
-            def report(j: int, i=i) -> None:
-                if callback is not None:
-                    callback(Progress(i, len(segments), j + 1, steps))
+                def report(j: int, i=i) -> None:
+                    if callback is not None:
+                        callback(Progress(i, len(segments), j + 1, steps))
 
-            x = sample_ddpm(denoise, noise(), self.schedule, timesteps, noise, report)
-            context = scale_to_log_mel(x)
-            mels.append(context[0].float().cpu().numpy())
-        if not mels:
-            return np.zeros((0, NUM_MEL_BINS), np.float32)
-        return np.concatenate(mels, axis=0)
+                x = sample_ddpm(denoise, noise(), self.schedule, timesteps, noise, report)
+                context = scale_to_log_mel(x)
+                mel = context[0].float().cpu().numpy()
+            yield mel
+
+    def generate_mel(
+        self,
+        segments: list[list[int]],
+        steps: int = 100,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """All segments' log-mel spectrograms, concatenated: (256 * len(segments), 128) float32."""
+        mels = list(self.iter_mel(segments, steps, seed, generator, callback))
+        return np.concatenate(mels, axis=0) if mels else np.zeros((0, NUM_MEL_BINS), np.float32)
 
     def render(
         self,
@@ -226,14 +239,25 @@ class Synthesizer:
         steps: int = 100,
         seed: int = 0,
         callback: ProgressCallback | None = None,
+        *,
+        remap: Remap | None = None,
+        start: float = 0.0,
+        length: float | None = None,
     ) -> Rendering:
-        """Render a MIDI file (path or bytes) to 16 kHz mono audio and its log-mel spectrogram."""
-        from spectrosynth.midi import read_midi
-        from spectrosynth.tokens import tokenize
+        """Render a MIDI file (path or bytes) to 16 kHz mono audio and its log-mel spectrogram.
 
-        score = read_midi(midi if isinstance(midi, bytes) else Path(midi))
-        segments = tokenize(score)
-        mel = self.generate_mel([s.tokens for s in segments], steps=steps, seed=seed, callback=callback)
+        remap: instrument changes (spectrosynth.remap.Remap); start/length: render only that part (seconds).
+        The audio is whole segments long (a multiple of 5.12 s), as the model produces it.
+        """
+        from spectrosynth.midi import read_midi
+        from spectrosynth.remap import apply_remap
+        from spectrosynth.tokens import prepare
+
         if self.vocoder is None:
             raise SpectrosynthError("this synthesizer has no vocoder; use generate_mel for spectrograms only")
-        return Rendering(self.vocoder(mel), mel, segments)
+        score = read_midi(midi if isinstance(midi, bytes) else Path(midi))
+        if remap is not None:
+            score, _ = apply_remap(score, remap)
+        song = prepare(score, start=start, length=length)
+        mel = self.generate_mel([s.tokens for s in song.segments], steps=steps, seed=seed, callback=callback)
+        return Rendering(self.vocoder(mel), mel, song.segments)

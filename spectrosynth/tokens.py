@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spectrosynth import codec as C
 from spectrosynth.constants import (
@@ -37,6 +37,7 @@ from spectrosynth.constants import (
     STEPS_PER_SECOND,
     STEPS_PER_SEGMENT,
 )
+from spectrosynth.errors import SpectrosynthError
 from spectrosynth.instruments import program_to_class
 from spectrosynth.midi import Note, Score, apply_sustain
 
@@ -185,10 +186,59 @@ def _ends_event(token: int) -> bool:
     return C.PITCH_BASE <= raw <= _PITCH_LAST or raw == C.TIE or raw >= C.DRUM_BASE
 
 
+def crop_notes(
+    notes: list[Note], duration: float, start: float, length: float | None
+) -> tuple[list[Note], float]:
+    """The part of a song from `start` for `length` seconds (None: to the end), starting at time 0.
+
+    Applied after the sustain pedal. Notes sounding into the window start at 0 and notes still sounding
+    at its end are cut there; drum hits (onsets only) are kept only if they fall inside the window.
+    Returns the cropped notes and the cropped song's duration.
+    """
+    if start < 0 or (length is not None and length <= 0):
+        raise ValueError("the start must be >= 0 and the length > 0")
+    stop = duration if length is None else min(duration, start + length)
+    out = []
+    for n in notes:
+        if n.is_drum:
+            keep = start <= n.start < stop
+        else:
+            keep = n.end > start and n.start < stop
+        if keep:
+            out.append(replace(n, start=max(n.start, start) - start, end=min(n.end, stop) - start))
+    return out, max(0.0, stop - start)
+
+
+@dataclass(frozen=True)
+class PreparedSong:
+    """A score ready for the model: its segments and how long the music in them lasts."""
+
+    segments: list[Segment]
+    duration: float  # seconds from the start of segment 0 to the end of the last note
+
+    @property
+    def rendered_duration(self) -> float:
+        return len(self.segments) * SEGMENT_SECONDS
+
+
+def prepare(
+    score: Score, start: float = 0.0, length: float | None = None, max_length: int = INPUT_LENGTH
+) -> PreparedSong:
+    """Sustain, instrument classes, an optional preview window (`start`, `length` in seconds) and segments."""
+    notes, duration = model_notes(score)
+    if start or length is not None:
+        if start >= duration:
+            raise SpectrosynthError(
+                f"{score.source}: --start {start:g} s is at or past the end of the song ({duration:.1f} s)"
+            )
+        notes, duration = crop_notes(notes, duration, start, length)
+    segments = [fit_segment(i, t, max_length) for i, t in enumerate(tokenize_notes(notes, duration))]
+    return PreparedSong(segments, duration)
+
+
 def tokenize(score: Score, max_length: int = INPUT_LENGTH) -> list[Segment]:
     """A score's model segments, each bounded to the model's input length (see `fit_segment`)."""
-    notes, duration = model_notes(score)
-    return [fit_segment(i, t, max_length) for i, t in enumerate(tokenize_notes(notes, duration))]
+    return prepare(score, max_length=max_length).segments
 
 
 def pad(tokens: list[int], length: int = INPUT_LENGTH) -> list[int]:

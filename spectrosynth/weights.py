@@ -88,7 +88,10 @@ def check_layout(folder: str | os.PathLike[str]) -> None:
 
 
 def resolve_model(
-    model: str | os.PathLike[str] = DEFAULT_MODEL, revision: str | None = None, progress: bool = True
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    revision: str | None = None,
+    progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """The local folder holding the complete model `model` names.
 
@@ -96,7 +99,8 @@ def resolve_model(
     ``google/music-spectrogram-diffusion``. A complete cached snapshot of the repository is used without
     contacting the hub; otherwise the configs, the weights (safetensors where the repository has them, else
     .bin) and the vocoder are downloaded into the Hugging Face cache, with its progress bars unless
-    `progress` is False. `revision` (branch, tag or commit) applies to hub repositories only.
+    `progress` is False. `revision` (branch, tag or commit) applies to hub repositories only; `force`
+    downloads a hub model again even when the cache holds a complete copy.
     """
     text = os.fspath(model)
     path = Path(text).expanduser()
@@ -109,7 +113,7 @@ def resolve_model(
         check_layout(path)
         return path
     if isinstance(model, str) and _REPO_ID.match(text) and ".." not in text and "--" not in text:
-        return _resolve_hub(text, revision, progress)
+        return _resolve_hub(text, revision, progress, force)
     raise ModelNotFoundError(
         f"no such model folder: {text}; pass a folder in the published layout or a hub repo id like "
         f"{DEFAULT_MODEL}"
@@ -185,7 +189,7 @@ def _files_to_fetch(repo_files: list[str]) -> list[str]:
     return wanted
 
 
-def _resolve_hub(repo_id: str, revision: str | None, progress: bool) -> Path:
+def _resolve_hub(repo_id: str, revision: str | None, progress: bool, force: bool = False) -> Path:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -203,10 +207,12 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool) -> Path:
         raise ModelNotFoundError(
             f"no such model folder, and {repo_id} is not a valid hub repo id ({_one_line(e)})"
         ) from e
-    if cached is not None and not missing_files(cached):
+    if cached is not None and not missing_files(cached) and not force:
         return cached
 
     if _hub_offline():
+        if force:
+            raise HubError(f"HF_HUB_OFFLINE is set, so {repo_id} cannot be downloaded again; unset it first")
         if cached is None:
             raise HubError(
                 f"HF_HUB_OFFLINE is set and {repo_id}{at} is not in the Hugging Face cache "
@@ -235,7 +241,9 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool) -> Path:
                 f"(it lacks {', '.join(absent)}); pass {DEFAULT_MODEL} or a folder in that layout"
             )
         with _progress_bars(progress):
-            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=files))
+            folder = Path(
+                snapshot_download(repo_id, revision=revision, allow_patterns=files, force_download=force)
+            )
     except LocalEntryNotFoundError as e:  # the connection dropped after the file listing
         raise HubError(
             f"lost the connection to the Hugging Face hub while downloading {repo_id}{at}; run the command "
@@ -507,3 +515,25 @@ def parameter_count(component: str, config: Mapping[str, Any]) -> int:
             n *= d
         total += n
     return total
+
+
+def verify_model(folder: str | os.PathLike[str]) -> int:
+    """Check a model folder fully: layout, configs, every weight's key and shape, the vocoder.
+
+    Returns the size in bytes of the weights and vocoder. Raises a SpectrosynthError subclass naming the
+    first problem found. Weights are memory-mapped, so this reads little of them.
+    """
+    folder = Path(folder)
+    check_layout(folder)
+    total = 0
+    for component in COMPONENTS:
+        state = read_state_dict(folder, component)
+        check_state_dict(state, published_keys(component, read_config(folder, component)), component)
+        total += weights_file(folder, component).stat().st_size
+        del state
+    read_config(folder, "scheduler")
+    read_model_index(folder)
+    from spectrosynth.vocoder import Vocoder
+
+    Vocoder(folder / MELGAN)
+    return total + (folder / MELGAN).stat().st_size

@@ -36,6 +36,7 @@ def test_inspect_json_is_stable_and_complete(complex_midi):
     assert track == {
         "track": 7, "name": "", "channel": 7, "program": 30, "program_name": "Distortion Guitar",
         "is_drum": False, "notes": 484, "model_class": 29, "model_class_name": "Distorted Electric Guitar",
+        "muted": False, "source_program": None,
     }  # fmt: skip
     drums = [t for t in report["tracks"] if t["is_drum"]]
     assert drums[0]["channel"] == 10 and drums[0]["model_class"] is None
@@ -91,8 +92,9 @@ def test_render_writes_wav_and_mel(tmp_path, tiny_model, waltz):
     assert result.exit_code == 0, result.output
     audio, rate = sf.read(out, dtype="float32")
     spectrogram = np.load(mel)
-    assert rate == 16000 and spectrogram.dtype == np.float32 and spectrogram.shape == (20 * 256, 128)
-    assert audio.shape == (20 * 81920,)
+    # The audio ends --tail (1 s) after the last note (97.5 s), not on the 20th segment's boundary.
+    assert rate == 16000 and audio.shape == (round(98.5 * 16000),)
+    assert spectrogram.dtype == np.float32 and spectrogram.shape == (-(-len(audio) // 320), 128)
 
 
 def test_render_with_a_missing_model_folder_fails_cleanly(tmp_path, waltz):

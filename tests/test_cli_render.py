@@ -1,0 +1,350 @@
+"""`spectrosynth render`, `batch` and `download` end to end with the tiny test checkpoint."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from spectrosynth.cli import app
+
+runner = CliRunner()
+TAIL = 1.0  # the default --tail
+
+
+@pytest.fixture
+def model_args(tiny_model):
+    return ["--model", str(tiny_model), "--device", "cpu", "--steps", "2"]
+
+
+def render(*args, **kwargs):
+    return runner.invoke(app, ["render", *map(str, args)], **kwargs)
+
+
+def leftovers(folder):
+    """Hidden temporaries or partial files left in a folder."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".part"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Formats, rates, lengths
+
+
+@pytest.mark.parametrize(
+    "name,extra,subtype",
+    [
+        ("a.wav", [], "PCM_16"),
+        ("a.wav", ["--bit-depth", "24"], "PCM_24"),
+        ("a.wav", ["--bit-depth", "32"], "FLOAT"),
+        ("a.flac", [], "PCM_16"),
+        ("a.flac", ["--bit-depth", "24"], "PCM_24"),
+        ("a.out", ["--format", "flac"], "PCM_16"),
+    ],
+)
+def test_formats_and_bit_depths(tmp_path, waltz, model_args, name, extra, subtype):
+    out = tmp_path / name
+    result = render(waltz, out, *model_args, "--duration", "6", *extra)
+    assert result.exit_code == 0, result.output
+    info = sf.info(out)
+    assert info.samplerate == 16000 and info.subtype == subtype and info.channels == 1
+    assert info.frames == round((6 + TAIL) * 16000)  # a 6 s preview and the tail
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_resampling(tmp_path, waltz, model_args, rate):
+    out = tmp_path / "a.wav"
+    result = render(waltz, out, *model_args, "--duration", "4", "--sample-rate", rate)
+    assert result.exit_code == 0, result.output
+    info = sf.info(out)
+    assert info.samplerate == rate
+    assert abs(info.frames - round((4 + TAIL) * rate)) <= 1
+
+
+def test_whole_segments_without_trim(tmp_path, waltz, model_args):
+    out = tmp_path / "a.wav"
+    assert render(waltz, out, *model_args, "--duration", "6", "--no-trim").exit_code == 0
+    assert sf.info(out).frames == 2 * 81920  # a 6 s preview is 2 segments of 5.12 s
+
+
+def test_same_seed_same_audio(tmp_path, waltz, model_args):
+    a, b, c = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "c.wav"
+    for out, seed in ((a, 5), (b, 5), (c, 6)):
+        assert render(waltz, out, *model_args, "--duration", "3", "--seed", seed).exit_code == 0
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+
+
+def test_stdin_to_stdout(tmp_path, waltz, model_args):
+    result = render("-", "-", *model_args, "--duration", "3", "--format", "flac", input=waltz.read_bytes())
+    assert result.exit_code == 0, result.stderr
+    audio, rate = sf.read(io.BytesIO(result.stdout_bytes), dtype="float32")
+    assert rate == 16000 and len(audio) == round((3 + TAIL) * 16000)
+
+
+def test_stdout_needs_a_format(waltz, model_args):
+    result = render(waltz, "-", *model_args)
+    assert result.exit_code == 1 and "--format" in result.stderr
+
+
+def test_mel_out_matches_the_audio(tmp_path, waltz, model_args):
+    out, mel = tmp_path / "a.wav", tmp_path / "a.npy"
+    assert render(waltz, out, *model_args, "--duration", "6", "--mel-out", mel).exit_code == 0
+    spectrogram = np.load(mel)
+    assert spectrogram.dtype == np.float32 and spectrogram.shape == (-(-sf.info(out).frames // 320), 128)
+    assert np.log(1e-5) - 1e-4 <= spectrogram.min() and spectrogram.max() <= 4.0 + 1e-4
+
+
+def test_preview_window_from_the_middle(tmp_path, waltz, model_args):
+    out = tmp_path / "a.wav"
+    assert render(waltz, out, *model_args, "--start", "90", "--duration", "20").exit_code == 0
+    assert sf.info(out).frames == round((97.5 - 90 + TAIL) * 16000)  # the song ends at 97.5 s
+
+
+def test_start_past_the_end_is_an_error(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--start", "500")
+    assert result.exit_code == 1 and "past the end" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# Level
+
+
+def test_normalize_to_minus_one_dbfs(tmp_path, waltz, model_args):
+    out = tmp_path / "a.wav"
+    args = [*model_args, "--duration", "3", "--bit-depth", "32", "--normalize"]
+    assert render(waltz, out, *args).exit_code == 0
+    audio, _ = sf.read(out, dtype="float32")
+    assert np.abs(audio).max() == pytest.approx(10 ** (-1 / 20), rel=1e-4)
+
+
+def test_gain_in_db(tmp_path, waltz, model_args):
+    quiet, loud = tmp_path / "q.wav", tmp_path / "l.wav"
+    base = [*model_args, "--duration", "3", "--bit-depth", "32", "--clip", "none"]
+    assert render(waltz, quiet, *base, "--gain", "-12").exit_code == 0
+    assert render(waltz, loud, *base, "--gain", "-6").exit_code == 0
+    a, _ = sf.read(quiet, dtype="float32")
+    b, _ = sf.read(loud, dtype="float32")
+    np.testing.assert_allclose(b, a * 10 ** (6 / 20), rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Instruments
+
+
+def test_program_remap_is_visible_in_the_tokens(waltz):
+    plain = json.loads(runner.invoke(app, ["inspect", str(waltz), "--json", "--tokens"]).stdout)
+    result = runner.invoke(app, ["inspect", str(waltz), "--json", "--tokens", "--program", "0=violin"])
+    remapped = json.loads(result.stdout)
+    flat = [t for seg in remapped["tokens"] for t in seg]
+    assert 1135 not in flat and 1175 in flat  # program 0 -> program 40
+    assert [[1175 if t == 1135 else t for t in seg] for seg in plain["tokens"]] == remapped["tokens"]
+    assert {t["program"] for t in remapped["tracks"]} == {40}
+    assert {t["source_program"] for t in remapped["tracks"]} == {0}
+
+
+def test_mute_and_no_drums_in_inspect(complex_midi):
+    result = runner.invoke(
+        app, ["inspect", str(complex_midi), "--json", "--tokens", "--no-drums", "--mute", "1,2"]
+    )
+    report = json.loads(result.stdout)
+    assert [t["track"] for t in report["tracks"] if t["muted"]] == [1, 2, 4]
+    assert not any(1263 <= t <= 1390 for seg in report["tokens"] for t in seg)  # no drum tokens left
+
+
+def test_render_tells_which_class_a_program_becomes(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--duration", "2", "--track", "1=45")
+    assert result.exit_code == 0, result.output
+    assert "Contrabass (class 43)" in result.stderr
+
+
+def test_unknown_program_name(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--program", "0=vilin")
+    assert result.exit_code == 1 and "unknown program 'vilin'" in result.stderr
+    assert result.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# Progress
+
+
+def test_plain_progress_lines_when_not_a_terminal(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--duration", "8")
+    assert result.exit_code == 0
+    lines = [line for line in result.stderr.splitlines() if "segment" in line]
+    assert len(lines) == 2 and lines[-1].startswith("waltzes1.mid: segment 2/2 (100%)")
+    assert "elapsed" in lines[-1] and "ETA" in lines[-1] and "x real time" in lines[-1]
+    assert "wrote" in result.stderr
+
+
+def test_quiet_prints_nothing(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--duration", "3", "--quiet")
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Errors and files
+
+
+def test_existing_output_needs_force(tmp_path, waltz, model_args):
+    out = tmp_path / "a.wav"
+    out.write_bytes(b"precious")
+    result = render(waltz, out, *model_args, "--duration", "2")
+    assert result.exit_code == 1 and "-f/--force" in result.stderr
+    assert out.read_bytes() == b"precious"
+    assert render(waltz, out, *model_args, "--duration", "2", "--force").exit_code == 0
+    assert sf.info(out).frames == round((2 + TAIL) * 16000)
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--steps", "0"], 2, "--steps"),
+        (["--bit-depth", "8"], 2, "--bit-depth"),
+        (["--clip", "soft"], 2, "--clip"),
+        (["--format", "ogg"], 2, "--format"),
+        (["--sample-rate", "100"], 2, "--sample-rate"),
+        (["--frobnicate"], 2, "No such option"),
+        (["--dtype", "int4"], 1, "unknown dtype"),
+        (["--device", "cuda"], 1, "--device cpu"),
+        (["--format", "flac", "--bit-depth", "32"], 1, "FLAC holds at most 24 bits"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, waltz, model_args, args, code, message):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = render(waltz, tmp_path / "a.wav", *model_args, *args)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("spectrosynth: error: ") and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("problem", ["missing-midi", "not-midi", "missing-folder", "unknown-model"])
+def test_input_and_model_errors_leave_nothing_behind(tmp_path, waltz, model_args, problem):
+    midi, out, args = waltz, tmp_path / "a.wav", list(model_args)
+    if problem == "missing-midi":
+        midi = tmp_path / "nope.mid"
+    elif problem == "not-midi":
+        midi = tmp_path / "text.mid"
+        midi.write_text("hello")
+    elif problem == "missing-folder":
+        out = tmp_path / "no" / "such" / "a.wav"
+    else:
+        args[1] = str(tmp_path / "no-model")
+    result = render(midi, out, *args)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_ctrl_c_leaves_no_partial_file(tmp_path, waltz, model_args, monkeypatch):
+    from spectrosynth.pipeline import Synthesizer
+
+    real = Synthesizer.iter_mel
+
+    def interrupted(self, *args, **kwargs):
+        for i, mel in enumerate(real(self, *args, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield mel
+
+    monkeypatch.setattr(Synthesizer, "iter_mel", interrupted)
+    out = tmp_path / "a.wav"
+    out.write_bytes(b"old take")
+    result = render(waltz, out, *model_args, "--force")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert out.read_bytes() == b"old take" and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# batch
+
+
+@pytest.fixture
+def midi_tree(tmp_path, waltz, complex_midi):
+    """in/a.mid, in/sub/b.MIDI, in/sub/broken.mid (not MIDI), in/notes.txt (ignored)."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(waltz, root / "a.mid")
+    shutil.copy(waltz, root / "sub" / "b.MIDI")
+    (root / "sub" / "broken.mid").write_bytes(b"MThd garbage")
+    (root / "notes.txt").write_text("not music")
+    return root
+
+
+def batch(*args):
+    return runner.invoke(app, ["batch", *map(str, args)])
+
+
+def test_batch_mirrors_the_tree_goes_past_a_bad_file_and_resumes(tmp_path, midi_tree, model_args):
+    out = tmp_path / "out"
+    args = [midi_tree, out, *model_args, "--duration", "2", "--format", "flac"]
+    first = batch(*args)
+    assert first.exit_code == 1  # one file failed
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "a.flac",
+        "sub/b.flac",
+    ]
+    assert "broken.mid" in first.stderr and "batch finished" in first.stderr
+
+    stamp = (out / "a.flac").stat().st_mtime_ns
+    again = batch(*args)  # resumes: existing outputs are skipped
+    assert again.exit_code == 1 and again.stderr.count(": skipped, ") == 2
+    assert (out / "a.flac").stat().st_mtime_ns == stamp
+
+    (midi_tree / "sub" / "broken.mid").unlink()
+    forced = batch(*args, "--force")
+    assert forced.exit_code == 0 and ": skipped, " not in forced.stderr
+    assert (out / "a.flac").stat().st_mtime_ns != stamp
+
+
+def test_batch_summary_counts(tmp_path, midi_tree, model_args):
+    result = batch(midi_tree, tmp_path / "out", *model_args, "--duration", "2")
+    rows = [line for line in result.stderr.splitlines() if "6.0 s" in line]  # 2 files x (2 s + 1 s tail)
+    assert len(rows) == 1
+    cells = rows[0].replace("│", " ").split()
+    assert cells[:3] == ["2", "0", "1"]  # rendered, skipped, failed
+
+
+def test_batch_saves_mels_when_asked(tmp_path, midi_tree, model_args):
+    (midi_tree / "sub" / "broken.mid").unlink()
+    out = tmp_path / "out"
+    assert batch(midi_tree, out, *model_args, "--duration", "2", "--save-mel").exit_code == 0
+    assert (out / "a.npy").exists() and (out / "sub" / "b.npy").exists()
+
+
+def test_batch_errors(tmp_path, model_args):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert batch(tmp_path / "missing", tmp_path / "o", *model_args).exit_code == 1
+    result = batch(empty, tmp_path / "o", *model_args)
+    assert result.exit_code == 1 and "no .mid or .midi files" in result.stderr
+
+
+def test_batch_stops_at_once_if_the_model_cannot_load(tmp_path, midi_tree):
+    result = batch(midi_tree, tmp_path / "out", "--model", tmp_path / "no-model", "--device", "cpu")
+    assert result.exit_code == 1 and "no such model folder" in result.stderr
+    assert result.stderr.count("error") == 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# download
+
+
+def test_download_verifies_a_local_model(tiny_model):
+    result = runner.invoke(app, ["download", "--model", str(tiny_model)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tiny_model) and "complete and checked" in result.stderr
+
+
+def test_download_reports_a_damaged_model(tmp_path, tiny_model):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "decoder" / "diffusion_pytorch_model.bin").write_bytes(b"oops")
+    result = runner.invoke(app, ["download", "--model", str(broken)])
+    assert result.exit_code == 1 and "decoder" in result.stderr and result.stderr.count("\n") == 1
