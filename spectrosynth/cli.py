@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -348,32 +348,19 @@ def _clock(seconds: float) -> str:
 # render and batch
 
 
-@dataclass(frozen=True)
-class OutputSettings:
-    """How audio is written: shared by `render` and `batch`."""
+def _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim):
+    from spectrosynth.errors import SpectrosynthError
+    from spectrosynth.outputs import OutputSettings
 
-    fmt: str | None
-    bit_depth: int
-    sample_rate: int | None
-    gain_db: float
-    normalize: bool
-    clip: str
-    tail: float
-    trim: bool
-
-    def validate(self) -> None:
-        from spectrosynth.errors import SpectrosynthError
-
-        if self.clip not in ("rescale", "clamp", "none"):
-            raise typer.BadParameter(
-                f"{self.clip!r} is not one of rescale, clamp, none", param_hint="'--clip'"
-            )
-        if self.fmt is not None and self.fmt not in ("wav", "flac"):
-            raise typer.BadParameter(f"{self.fmt!r} is not one of wav, flac", param_hint="'--format'")
-        if self.bit_depth not in (16, 24, 32):
-            raise typer.BadParameter(f"{self.bit_depth} is not one of 16, 24, 32", param_hint="'--bit-depth'")
-        if self.fmt == "flac" and self.bit_depth == 32:
-            raise SpectrosynthError("FLAC holds at most 24 bits; use --bit-depth 24 or a .wav file")
+    if clip not in ("rescale", "clamp", "none"):
+        raise typer.BadParameter(f"{clip!r} is not one of rescale, clamp, none", param_hint="'--clip'")
+    if fmt is not None and fmt not in ("wav", "flac"):
+        raise typer.BadParameter(f"{fmt!r} is not one of wav, flac", param_hint="'--format'")
+    if bit_depth not in (16, 24, 32):
+        raise typer.BadParameter(f"{bit_depth} is not one of 16, 24, 32", param_hint="'--bit-depth'")
+    if fmt == "flac" and bit_depth == 32:
+        raise SpectrosynthError("FLAC holds at most 24 bits; use --bit-depth 24 or a .wav file")
+    return OutputSettings(fmt or "wav", bit_depth, sample_rate, gain, normalize, clip, tail, trim)
 
 
 @dataclass(frozen=True)
@@ -393,6 +380,7 @@ class ModelLoader:
         precision = str(resolve_dtype(dtype, resolved)).removeprefix("torch.")
         self.model, self.revision, self.device, self.dtype, self.quiet = model, revision, device, dtype, quiet
         self.description = f"{model} on {resolved} ({precision})"
+        self.device_type = resolved.type
         self._synth = None
 
     def get(self):
@@ -406,31 +394,7 @@ class ModelLoader:
         return self._synth
 
 
-def _render_song(
-    score,
-    output: str,
-    fmt: str,
-    settings: OutputSettings,
-    loader: ModelLoader,
-    *,
-    steps: int,
-    seed: int,
-    start: float,
-    duration: float | None,
-    force: bool,
-    quiet: bool,
-    label: str,
-    mel_out: Path | None = None,
-) -> SongResult:
-    """Render one (already remapped) score to `output` ('-' for stdout), writing atomically."""
-    import numpy as np
-
-    from spectrosynth.audio import AudioWriter
-    from spectrosynth.constants import HOP_LENGTH, SAMPLE_RATE
-    from spectrosynth.progress import RenderProgress
-    from spectrosynth.tokens import prepare
-
-    song = prepare(score, start=start, length=duration)
+def _warn_dense(song, label: str, quiet: bool) -> None:
     for s in song.segments:
         if s.dropped_tokens:
             _note(
@@ -438,51 +402,40 @@ def _render_song(
                 f"model (over 2048 tokens); its events from {s.dropped_from:.2f} s on are left out",
                 quiet,
             )
-    synth = loader.get()
-    began = time.monotonic()
-    with RenderProgress(label, len(song.segments), steps, quiet=quiet) as progress:
-        mel = np.concatenate(
-            list(synth.iter_mel([s.tokens for s in song.segments], steps, seed, None, progress))
-        )
-    total = mel.shape[0] * HOP_LENGTH
-    keep = min(total, round((song.duration + settings.tail) * SAMPLE_RATE)) if settings.trim else total
-    audio = synth.vocoder(mel)[:keep]
-    mel = mel[: -(-keep // HOP_LENGTH)]
-    writer = AudioWriter(
-        output,
-        fmt,
-        settings.bit_depth,
-        settings.sample_rate,
-        gain_db=settings.gain_db,
-        normalize=settings.normalize,
-        clip=settings.clip,
-        force=force,
-    )
-    with writer:
-        for i in range(0, len(audio), 1 << 20):
-            writer.write(audio[i : i + (1 << 20)])
-    summary = writer.summary
-    if mel_out is not None:
-        _save_npy_atomically(mel_out, mel.astype(np.float32), force)
-    wall = time.monotonic() - began
+
+
+def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
     if summary.notice:
         _note(f"{label}: {summary.notice}", quiet)
-    where = "standard output" if output == "-" else output
+    where = "standard output" if summary.path in (None, "-") else summary.path
+    speed = summary.duration / wall if wall else 0.0
     _note(
-        f"wrote {where}: {keep / SAMPLE_RATE:.1f} s at {summary.sample_rate} Hz, {summary.subtype} "
-        f"in {wall:.1f} s ({keep / SAMPLE_RATE / wall if wall else 0:.2f}x real time)",
+        f"wrote {where}: {summary.duration:.1f} s at {summary.sample_rate} Hz, {summary.subtype} "
+        f"in {wall:.1f} s ({speed:.2f}x real time)",
         quiet,
     )
-    return SongResult(keep / SAMPLE_RATE, wall)
 
 
-def _save_npy_atomically(path: Path, array, force: bool) -> None:
-    import numpy as np
+def _render_song(
+    song, output: str, settings, loader: ModelLoader, *, steps: int, seed: int, force: bool, quiet: bool,
+    label: str, mel_out: Path | None = None,
+) -> SongResult:  # fmt: skip
+    """Render one prepared song to `output` ('-' for stdout), writing progressively and atomically."""
+    from spectrosynth.outputs import SongOutput
+    from spectrosynth.progress import RenderProgress
 
-    from spectrosynth.audio import atomic_file
-
-    with atomic_file(path, force) as f:
-        np.save(f, array)
+    _warn_dense(song, label, quiet)
+    synth = loader.get()
+    began = time.monotonic()
+    mel_path = None if mel_out is None else str(mel_out)
+    with SongOutput(song, synth.vocoder, output, settings, force, mel_path) as out:
+        with RenderProgress(label, len(song.segments), steps, quiet=quiet) as progress:
+            for mel in synth.iter_mel([s.tokens for s in song.segments], steps, seed, None, progress):
+                out.add(mel)
+        summary = out.finish()
+    wall = time.monotonic() - began
+    _report_written(summary, label, wall, quiet)
+    return SongResult(summary.duration, wall)
 
 
 @app.command("render")
@@ -498,7 +451,7 @@ def render_command(
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
     steps: StepsOpt = 100,
     seed: SeedOpt = 0,
     program: ProgramOpt = None,
@@ -536,28 +489,36 @@ def render_command(
 
       cat song.mid | spectrosynth render - - --format flac > song.flac
     """
+    from dataclasses import replace
+
     from spectrosynth.audio import check_output, output_format
 
-    settings = OutputSettings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
-    settings.validate()
-    out_format = output_format(output, fmt)
+    settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    settings = replace(settings, fmt=output_format(output, fmt))
     check_output(output, force)  # before any slow work
     if mel_out is not None:
         check_output(str(mel_out), force)
     remap = _remap(program, track, mute, no_drums)
     loader = ModelLoader(model, revision, device, dtype, quiet)
-    score = _read_score(midi)
+    song = _prepare(_read_score(midi), remap, start, duration, quiet)
+    label = "<stdin>" if midi == "-" else Path(midi).name
+    _render_song(
+        song, output, settings, loader, steps=steps, seed=seed, force=force, quiet=quiet, label=label,
+        mel_out=mel_out,
+    )  # fmt: skip
+
+
+def _prepare(score, remap, start: float, duration: float | None, quiet: bool, label: str | None = None):
+    """Instrument changes, then the preview window and the model's segments."""
+    from spectrosynth.tokens import prepare
+
     if not remap.is_identity():
         from spectrosynth.remap import apply_remap
 
         score, notices = apply_remap(score, remap)
         for notice in notices:
-            _note(notice, quiet)
-    label = "<stdin>" if midi == "-" else Path(midi).name
-    _render_song(
-        score, output, out_format, settings, loader, steps=steps, seed=seed, start=start, duration=duration,
-        force=force, quiet=quiet, label=label, mel_out=mel_out,
-    )  # fmt: skip
+            _note(f"{label}: {notice}" if label else notice, quiet)
+    return prepare(score, start=start, length=duration)
 
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -581,7 +542,7 @@ def batch_command(
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
     steps: StepsOpt = 100,
     seed: SeedOpt = 0,
     program: ProgramOpt = None,
@@ -601,6 +562,18 @@ def batch_command(
     save_mel: Annotated[
         bool, typer.Option("--save-mel", help="Also save each log-mel spectrogram next to its audio (.npy).")
     ] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            metavar="N",
+            min=1,
+            max=256,
+            help="Songs rendered together, segment by segment, in one pass through the model. "
+            "Default: 1 on a CPU, 8 on a GPU.",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", "-f", help="Render again files whose output exists.")
     ] = False,
@@ -616,8 +589,7 @@ def batch_command(
     """
     from spectrosynth.errors import SpectrosynthError
 
-    settings = OutputSettings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
-    settings.validate()
+    settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
     if not in_dir.is_dir():
         raise SpectrosynthError(f"{in_dir}: no such folder; give the folder that holds the MIDI files")
     if out_dir.exists() and not out_dir.is_dir():
@@ -627,47 +599,115 @@ def batch_command(
     if not files:
         raise SpectrosynthError(f"{in_dir}: no .mid or .midi files found (searched every subfolder)")
     loader = ModelLoader(model, revision, device, dtype, quiet)
-    rendered = skipped = 0
-    failed: list[tuple[Path, str]] = []
-    audio_seconds = 0.0
-    began = time.monotonic()
+    size = batch_size or (8 if loader.device_type == "cuda" else 1)
+    tally = BatchTally(time.monotonic())
+    jobs: list[BatchJob] = []
     try:
         for n, path in enumerate(files, 1):
             rel = path.relative_to(in_dir)
             target = (out_dir / rel).with_suffix(f".{fmt}")
-            label = f"[{n}/{len(files)}] {rel}"
+            job = BatchJob(rel, target, f"[{n}/{len(files)}] {rel}")
             if target.exists() and not force:
-                skipped += 1
-                _note(f"{label}: skipped, {target} exists (--force renders it again)", quiet)
+                tally.skipped += 1
+                _note(f"{job.label}: skipped, {target} exists (--force renders it again)", quiet)
                 continue
             try:
-                score = _read_score(str(path))
-                if not remap.is_identity():
-                    from spectrosynth.remap import apply_remap
-
-                    score, _ = apply_remap(score, remap)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                result = _render_song(
-                    score, str(target), fmt, settings, loader, steps=steps, seed=seed, start=start,
-                    duration=duration, force=force, quiet=quiet, label=label,
-                    mel_out=target.with_suffix(".npy") if save_mel else None,
-                )  # fmt: skip
-            except SpectrosynthError as e:
-                if loader._synth is None and not isinstance(e, _PER_FILE_ERRORS()):
-                    raise  # the model itself cannot be loaded: no point going on
-                failed.append((rel, str(e)))
-                typer.echo(f"{PROG}: error: {e}", err=True)
+                job.song = _prepare(_read_score(str(path)), remap, start, duration, quiet, job.label)
+                _warn_dense(job.song, job.label, quiet)
+            except _PER_FILE_ERRORS() as e:
+                tally.fail(job, e)
                 continue
-            rendered += 1
-            audio_seconds += result.audio_seconds
+            jobs.append(job)
+            if len(jobs) == size:
+                _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, tally)
+                jobs = []
+        if jobs:
+            _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, tally)
     except KeyboardInterrupt:
-        _batch_summary(rendered, skipped, failed, audio_seconds, time.monotonic() - began, interrupted=True)
+        tally.summary(interrupted=True)
         raise _fail(
             "interrupted; finished files are kept, run the same command again to resume", 130
         ) from None
-    _batch_summary(rendered, skipped, failed, audio_seconds, time.monotonic() - began, quiet=quiet)
-    if failed:
+    tally.summary(quiet=quiet)
+    if tally.failed:
         raise typer.Exit(1)
+
+
+@dataclass
+class BatchJob:
+    rel: Path
+    target: Path
+    label: str
+    song: Any = None  # tokens.PreparedSong
+    output: Any = None  # outputs.SongOutput while rendering
+    done: int = 0  # segments rendered
+
+
+@dataclass
+class BatchTally:
+    began: float
+    rendered: int = 0
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def fail(self, job: BatchJob, e: Exception) -> None:
+        self.failed.append((job.rel, str(e)))
+        typer.echo(f"{PROG}: error: {e}", err=True)
+
+    def summary(self, interrupted: bool = False, quiet: bool = False) -> None:
+        _batch_summary(self.rendered, self.skipped, self.failed, self.audio_seconds,
+                       time.monotonic() - self.began, interrupted, quiet)  # fmt: skip
+
+
+def _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, tally) -> None:
+    """Render songs together (segment k of each in one pass), each written progressively to its file.
+
+    A song that cannot be written fails alone; the others go on. Every song uses the same seed, so each
+    sounds exactly as it would rendered on its own.
+    """
+    import contextlib
+
+    from spectrosynth.outputs import SongOutput
+    from spectrosynth.progress import RenderProgress
+
+    synth = loader.get()
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        live = []
+        for job in jobs:
+            try:
+                job.target.parent.mkdir(parents=True, exist_ok=True)
+                mel = str(job.target.with_suffix(".npy")) if save_mel else None
+                job.output = stack.enter_context(
+                    SongOutput(job.song, synth.vocoder, str(job.target), settings, force, mel)
+                )
+                live.append(job)
+            except (OSError, *_PER_FILE_ERRORS()) as e:
+                tally.fail(job, e)
+        if not live:
+            return
+        label = live[0].label if len(live) == 1 else f"{live[0].label} and {len(live) - 1} more"
+        songs = [[s.tokens for s in job.song.segments] for job in live]
+        segments = max(len(song) for song in songs)
+        with RenderProgress(label, segments, steps, quiet=quiet) as progress:
+            for i, _, mel in synth.iter_mel_batch(songs, steps, [seed] * len(live), callback=progress):
+                job = live[i]
+                if job.output is None:
+                    continue
+                try:
+                    job.output.add(mel)
+                    job.done += 1
+                    if job.done == len(job.song.segments):
+                        summary = job.output.finish()
+                        tally.rendered += 1
+                        tally.audio_seconds += summary.duration
+                        _report_written(summary, job.label, time.monotonic() - began, quiet)
+                        job.output = None
+                except (OSError, *_PER_FILE_ERRORS()) as e:
+                    job.output.abort()
+                    job.output = None
+                    tally.fail(job, e)
 
 
 def _PER_FILE_ERRORS() -> tuple[type, ...]:

@@ -105,12 +105,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), which makes bfloat16
+    several times faster than float32. Read from /proc/cpuinfo; elsewhere (macOS, Windows) assumed not."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto': bfloat16 where the device computes it natively (recent CPUs, Ampere+ GPUs), else float32/16."""
+    """'auto': the fastest precision the device computes natively.
+
+    CUDA: bfloat16 where supported (Ampere and newer), else float16. CPU: bfloat16 with AVX512-BF16 or AMX,
+    else float32. The cost in accuracy is measured in docs/performance.md.
+    """
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16
+        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
     if dtype not in DTYPES:
         raise SpectrosynthError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     if dtype == "float16" and device.type != "cuda":
@@ -144,11 +162,12 @@ class Synthesizer:
         model: str | os.PathLike = weights.DEFAULT_MODEL,
         revision: str | None = None,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         progress: bool = True,
     ) -> Synthesizer:
         """Load a model: a hub repo id (downloaded once into the Hugging Face cache) or a local folder in the
-        published layout. device: auto, cpu, cuda, cuda:N; dtype: auto, float32, bfloat16, float16 (CUDA)."""
+        published layout. device: auto, cpu, cuda, cuda:N; dtype: auto (the fastest the device runs
+        natively), float32 (bit for bit the reference's results), bfloat16, float16 (CUDA)."""
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         folder = weights.resolve_model(model, revision=revision, progress=progress)
@@ -190,36 +209,80 @@ class Synthesizer:
         reference's order: the starting noise of each segment, then one draw per step except the last.
         """
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+        for _, _, mel in self.iter_mel_batch([segments], steps, generators=[gen], callback=callback):
+            yield mel
+
+    def iter_mel_batch(
+        self,
+        songs: list[list[list[int]]],
+        steps: int = 100,
+        seeds: list[int] | None = None,
+        generators: list[torch.Generator] | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Several songs at once: segment k of every song that has one goes through the model together.
+
+        Segments of one song stay in order (each is conditioned on the one before); stacking songs keeps a
+        GPU busy. Each song draws its noise from its own generator (seeds[i], default 0), so it renders
+        exactly as it would alone. Yields (song index, segment index, log-mel (256, 128)) as segments finish.
+        """
+        if generators is None:
+            generators = [torch.Generator().manual_seed(s) for s in (seeds or [0] * len(songs))]
+        if len(generators) != len(songs):
+            raise ValueError("one seed or generator per song")
         shape = (1, FRAMES_PER_SEGMENT, NUM_MEL_BINS)
-
-        def noise() -> torch.Tensor:
-            return torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
-
         with torch.inference_mode():
             timesteps = self.schedule.timesteps(steps)
-            # Per-step FiLM conditioning: depends on the step only, so computed once for the whole song.
+            # Per-step FiLM conditioning depends on the step only: computed once, for every segment and song.
             n = self.schedule.num_train_timesteps
             films = [self.decoder.conditioning(torch.tensor([t], device=self.device) / n) for t in timesteps]
-        context = None
-        for i, tokens in enumerate(segments):
+        contexts: dict[int, torch.Tensor] = {}  # song -> its previous segment's log-mel (1, 256, 128)
+        total = max((len(s) for s in songs), default=0)
+        for k in range(total):
+            active = [b for b, song in enumerate(songs) if k < len(song)]
+
+            def noise(active=active) -> torch.Tensor:  # one draw per song, each from its own generator
+                return torch.cat([torch.randn(shape, generator=generators[b]) for b in active]).to(
+                    self.device
+                )
+
+            def report(j: int, k=k) -> None:
+                if callback is not None:
+                    callback(Progress(k, total, j + 1, steps))
+
             with torch.inference_mode():
-                encodings = self.notes_encoder(torch.tensor([tokens], dtype=torch.long, device=self.device))
-                if context is not None:
-                    features = scale_features(context).to(self.dtype)
-                    encodings = torch.cat([encodings, self.context_encoder(features)], 1)
-                kvs = self.decoder.cross_keys_values(encodings)  # fixed for all steps of this segment
+                kvs, key_mask = self._encode([songs[b][k] for b in active], [contexts.get(b) for b in active])
 
-                def denoise(x: torch.Tensor, j: int, kvs=kvs) -> torch.Tensor:
-                    return self.decoder(x.to(self.dtype), films[j], kvs)
-
-                def report(j: int, i=i) -> None:
-                    if callback is not None:
-                        callback(Progress(i, len(segments), j + 1, steps))
+                def denoise(x: torch.Tensor, j: int, kvs=kvs, key_mask=key_mask) -> torch.Tensor:
+                    return self.decoder(x.to(self.dtype), films[j], kvs, key_mask)
 
                 x = sample_ddpm(denoise, noise(), self.schedule, timesteps, noise, report)
-                context = scale_to_log_mel(x)
-                mel = context[0].float().cpu().numpy()
-            yield mel
+                mel = scale_to_log_mel(x)
+            for i, b in enumerate(active):
+                contexts[b] = mel[i : i + 1]
+                yield b, k, mel[i].float().cpu().numpy()
+
+    def _encode(self, tokens: list[list[int]], contexts: list[torch.Tensor | None]):
+        """Cross-attention keys/values (per decoder layer) of a batch of segments, and the key mask.
+
+        Token lists of different lengths are padded and masked (a masked key gets exactly zero weight);
+        the context encoder runs for segments that follow another (for the first, the reference masks the
+        whole context out, which gives it exactly zero weight too).
+        """
+        length = max(len(t) for t in tokens)
+        ids = torch.zeros(len(tokens), length, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        ids = ids.to(self.device)
+        key_mask = None if all(len(t) == length for t in tokens) else ids > 0
+        encodings = self.notes_encoder(ids, key_mask)
+        if contexts[0] is not None:
+            features = scale_features(torch.cat(contexts)).to(self.dtype)
+            encodings = torch.cat([encodings, self.context_encoder(features)], 1)
+            if key_mask is not None:
+                key_mask = torch.cat([key_mask, torch.ones(len(tokens), features.shape[1], dtype=torch.bool,
+                                                           device=self.device)], 1)  # fmt: skip
+        return self.decoder.cross_keys_values(encodings), key_mask
 
     def generate_mel(
         self,

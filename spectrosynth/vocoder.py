@@ -51,3 +51,48 @@ class Vocoder:
         audio = self.session.run(None, {INPUT_NAME: features})[0].astype(np.float32, copy=False)
         audio = audio.reshape(features.shape[0], features.shape[1] * HOP_LENGTH)
         return audio if batched else audio[0]
+
+
+class StreamingVocoder:
+    """Vocodes a spectrogram that arrives in pieces, with memory that does not grow with its length.
+
+    Each chunk of frames is vocoded together with `context` frames on each side, and only its own samples
+    are kept. The vocoder is convolutional: a sample depends only on nearby frames, so with a context wider
+    than its receptive field the result equals vocoding the whole spectrogram at once (the published
+    SoundStream decoder looks a few hundred milliseconds around each frame; the default context is 1.28 s).
+    Audio for a chunk is released once `context` frames after it have arrived, or at `finish`.
+    """
+
+    def __init__(self, vocoder: Vocoder, chunk: int = 256, context: int = 64):
+        if chunk <= 0 or context < 0:
+            raise ValueError("chunk must be positive and context non-negative")
+        self.vocoder, self.chunk, self.context = vocoder, chunk, context
+        self._frames = np.zeros((0, NUM_MEL_BINS), np.float32)
+        self._offset = 0  # absolute index of self._frames[0]
+        self._done = 0  # frames whose audio has been released
+
+    def feed(self, mel: np.ndarray) -> list[np.ndarray]:
+        """Add frames (n, 128); returns the audio chunks that became final (possibly none)."""
+        self._frames = np.concatenate([self._frames, np.asarray(mel, np.float32)])
+        out = []
+        while self._offset + len(self._frames) >= self._done + self.chunk + self.context:
+            out.append(self._vocode(self._done + self.chunk))
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        """The audio of every remaining frame."""
+        end = self._offset + len(self._frames)
+        return [self._vocode(end)] if end > self._done else []
+
+    def _vocode(self, stop: int) -> np.ndarray:
+        """Release the audio of frames [done, stop), vocoded with up to `context` frames either side."""
+        first = max(0, self._done - self.context)
+        last = min(self._offset + len(self._frames), stop + self.context)
+        audio = self.vocoder(self._frames[first - self._offset : last - self._offset])
+        start = (self._done - first) * HOP_LENGTH
+        piece = audio[start : start + (stop - self._done) * HOP_LENGTH]
+        self._done = stop
+        keep_from = max(0, self._done - self.context)  # frames still needed as left context
+        self._frames = self._frames[keep_from - self._offset :]
+        self._offset = keep_from
+        return piece

@@ -80,7 +80,6 @@ def test_device_and_dtype_choices():
     with pytest.raises(SpectrosynthError, match="unknown device"):
         resolve_device("tpu:0:x")
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(SpectrosynthError, match="float16 is for CUDA"):
         resolve_dtype("float16", torch.device("cpu"))
     with pytest.raises(SpectrosynthError, match="unknown dtype"):
@@ -90,3 +89,94 @@ def test_device_and_dtype_choices():
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SpectrosynthError, match="no such model folder"):
         Synthesizer.from_pretrained(tmp_path / "nope", device="cpu")
+
+
+def test_stacked_songs_render_as_they_would_alone(tiny_synth, complex_midi, waltz):
+    songs = [
+        [s.tokens for s in tokenize(read_midi(complex_midi))][:3],  # token lists of different lengths
+        [s.tokens for s in tokenize(read_midi(waltz))][:5],  # more segments than the others
+        [s.tokens for s in tokenize(read_midi(complex_midi))][10:12],
+    ]
+    seeds = [0, 1, 2]
+    stacked = {}
+    for song, k, mel in tiny_synth.iter_mel_batch(songs, steps=3, seeds=seeds):
+        assert k == len(stacked.setdefault(song, []))  # each song's segments arrive in order
+        stacked[song].append(mel)
+    for b, song in enumerate(songs):
+        alone = tiny_synth.generate_mel(song, steps=3, seed=seeds[b])
+        np.testing.assert_allclose(np.concatenate(stacked[b]), alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("chunk,context,piece", [(256, 64, 256), (256, 8, 100), (100, 3, 777)])
+def test_streaming_vocoder_equals_vocoding_the_whole(tiny_synth, chunk, context, piece):
+    from spectrosynth.vocoder import StreamingVocoder
+
+    mel = np.random.default_rng(0).uniform(-11, 4, (256 * 5 + 37, 128)).astype(np.float32)
+    stream = StreamingVocoder(tiny_synth.vocoder, chunk, context)
+    parts = [a for i in range(0, len(mel), piece) for a in stream.feed(mel[i : i + piece])] + stream.finish()
+    whole = tiny_synth.vocoder(mel)
+    assert sum(len(p) for p in parts) == len(whole) == len(mel) * 320
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-4, rtol=0)
+
+
+def test_streaming_vocoder_needs_its_context(tiny_synth):
+    from spectrosynth.vocoder import StreamingVocoder
+
+    # The test vocoder looks 2 frames around each frame: without context the chunk edges differ.
+    mel = np.random.default_rng(1).uniform(-11, 4, (512, 128)).astype(np.float32)
+    stream = StreamingVocoder(tiny_synth.vocoder, 256, 0)
+    parts = stream.feed(mel) + stream.finish()
+    assert np.abs(np.concatenate(parts) - tiny_synth.vocoder(mel)).max() > 1e-3
+
+
+def test_song_output_writes_progressively_what_whole_rendering_gives(tmp_path, tiny_synth, waltz):
+    import soundfile as sf
+
+    from spectrosynth.outputs import OutputSettings, SongOutput
+    from spectrosynth.tokens import prepare
+
+    song = prepare(read_midi(waltz), length=12.0)  # 3 segments, music until 12 s
+    mels = list(tiny_synth.iter_mel([s.tokens for s in song.segments], steps=2, seed=0))
+    settings = OutputSettings(fmt="wav", bit_depth=32, clip="none", tail=0.5)
+    with SongOutput(
+        song, tiny_synth.vocoder, str(tmp_path / "a.wav"), settings, mel_out=str(tmp_path / "a.npy")
+    ) as out:
+        for mel in mels:
+            out.add(mel)
+        out.finish()
+    whole = np.concatenate(mels)
+    audio, _ = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert len(audio) == round(12.5 * 16000)
+    np.testing.assert_allclose(audio, tiny_synth.vocoder(whole)[: len(audio)], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), whole[: -(-len(audio) // 320)])
+
+
+def test_song_output_aborted_leaves_nothing(tmp_path, tiny_synth, waltz):
+    from spectrosynth.outputs import OutputSettings, SongOutput
+    from spectrosynth.tokens import prepare
+
+    song = prepare(read_midi(waltz), length=6.0)
+    with pytest.raises(KeyboardInterrupt):
+        with SongOutput(song, tiny_synth.vocoder, str(tmp_path / "a.flac"), OutputSettings(fmt="flac"),
+                        mel_out=str(tmp_path / "a.npy")) as out:  # fmt: skip
+            out.add(np.zeros((256, 128), np.float32))
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch):
+    from spectrosynth import pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_has_native_bfloat16", lambda: False)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(pipeline, "cpu_has_native_bfloat16", lambda: True)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+
+
+def test_float16_residuals_stay_finite():
+    from spectrosynth.models.layers import clamp_float16
+
+    x = torch.tensor([7e4, -7e4, 1.0]).half()
+    assert torch.isfinite(clamp_float16(x * 1)).all() and clamp_float16(x)[2] == 1
+    big = torch.tensor([1e6])
+    assert clamp_float16(big) is big  # other precisions untouched

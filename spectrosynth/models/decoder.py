@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spectrosynth.models.layers import Attention, GatedGeluMLP, RMSNorm, timestep_embedding
+from spectrosynth.models.layers import Attention, GatedGeluMLP, RMSNorm, clamp_float16, timestep_embedding
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -71,9 +71,9 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedGeluMLP(c.d_model, c.d_ff)
 
     def forward(self, y, films: tuple[torch.Tensor, torch.Tensor], kv: KV, key_mask=None) -> torch.Tensor:
-        y = y + self.self_attn(FiLM.apply(self.self_attn_norm(y), films[0]))
-        y = y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask)
-        return y + self.mlp(FiLM.apply(self.mlp_norm(y), films[1]))
+        y = clamp_float16(y + self.self_attn(FiLM.apply(self.self_attn_norm(y), films[0])))
+        y = clamp_float16(y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask))
+        return clamp_float16(y + self.mlp(FiLM.apply(self.mlp_norm(y), films[1])))
 
 
 class FilmDecoder(nn.Module):

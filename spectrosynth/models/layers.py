@@ -95,8 +95,17 @@ class EncoderLayer(nn.Module):
         self.mlp = GatedGeluMLP(d_model, d_ff)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), key_mask=key_mask)
-        return x + self.mlp(self.mlp_norm(x))
+        x = clamp_float16(x + self.attn(self.attn_norm(x), key_mask=key_mask))
+        return clamp_float16(x + self.mlp(self.mlp_norm(x)))
+
+
+def clamp_float16(x: torch.Tensor) -> torch.Tensor:
+    """In float16, keep the residual stream finite (T5's activations can exceed 65504, as transformers
+    notes for T5 in float16); other precisions are left alone."""
+    if x.dtype != torch.float16:
+        return x
+    limit = torch.finfo(torch.float16).max - 1000
+    return x.clamp(-limit, limit)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
