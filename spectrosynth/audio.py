@@ -65,6 +65,10 @@ def gain_to_db(gain: float) -> float:
 def output_format(path: str | os.PathLike[str], fmt: str | None) -> str:
     """The output format, "wav" or "flac": `fmt` when given, else from the extension of `path`."""
     path = os.fspath(path)
+    if path != "-" and os.path.isdir(path):
+        raise OutputError(
+            f"{path} is a folder; give the name of the audio file to write, e.g. {path}/song.wav"
+        )
     ext = os.path.splitext(path)[1].lower()
     if fmt is not None:
         fmt = _check_format(fmt)

@@ -24,6 +24,12 @@ _CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
 UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
 
 DEBUG_ENV = "SPECTROSYNTH_DEBUG"  # set to 1 to see full tracebacks
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 PROG = "spectrosynth"
 
 
@@ -36,6 +42,9 @@ class _OneLineErrors(TyperGroup):
         except UsageError as e:
             if not standalone_mode:
                 raise
+            if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # plain `spectrosynth`
+                typer.echo(e.ctx.get_help())
+                sys.exit(0)
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             typer.echo(f"{PROG}: error: {e.format_message()}{where}", err=True)
             sys.exit(2)
@@ -85,7 +94,7 @@ def friendly_errors(command):
         except KeyboardInterrupt:
             raise _fail("interrupted; nothing was left half-written", 130) from None
         except Exception as e:
-            if os.environ.get(DEBUG_ENV):
+            if _debug():
                 raise
             if isinstance(e, SpectrosynthError):
                 raise _fail(str(e)) from None
@@ -141,7 +150,10 @@ StepsOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[
-    int, typer.Option("--seed", metavar="N", min=0, help="Random seed: the same seed gives the same audio.")
+    int,
+    typer.Option(
+        "--seed", metavar="N", min=0, max=2**63 - 1, help="Random seed: the same seed gives the same audio."
+    ),
 ]
 ProgramOpt = Annotated[
     list[str] | None,
@@ -354,6 +366,7 @@ def _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, t
 
     if clip not in ("rescale", "clamp", "none"):
         raise typer.BadParameter(f"{clip!r} is not one of rescale, clamp, none", param_hint="'--clip'")
+    fmt = fmt.lower() if fmt is not None else None
     if fmt is not None and fmt not in ("wav", "flac"):
         raise typer.BadParameter(f"{fmt!r} is not one of wav, flac", param_hint="'--format'")
     if bit_depth not in (16, 24, 32):
@@ -404,6 +417,18 @@ def _warn_dense(song, label: str, quiet: bool) -> None:
             )
 
 
+def _warn_short_tail(song, settings, label: str, quiet: bool) -> None:
+    from spectrosynth.constants import SAMPLE_RATE
+
+    kept = settings.samples(song) / SAMPLE_RATE - song.duration
+    if settings.trim and kept < settings.tail - 1e-3:
+        _note(
+            f"{label}: the last note ends {kept:.2f} s before the end of the last 5.12 s segment, so the "
+            f"tail is {kept:.2f} s, not {settings.tail:g} s",
+            quiet,
+        )
+
+
 def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
     if summary.notice:
         _note(f"{label}: {summary.notice}", quiet)
@@ -425,6 +450,7 @@ def _render_song(
     from spectrosynth.progress import RenderProgress
 
     _warn_dense(song, label, quiet)
+    _warn_short_tail(song, settings, label, quiet)
     synth = loader.get()
     began = time.monotonic()
     mel_path = None if mel_out is None else str(mel_out)
@@ -518,15 +544,25 @@ def _prepare(score, remap, start: float, duration: float | None, quiet: bool, la
         score, notices = apply_remap(score, remap)
         for notice in notices:
             _note(f"{label}: {notice}" if label else notice, quiet)
-    return prepare(score, start=start, length=duration)
+    song = prepare(score, start=start, length=duration)
+    if song.silent:
+        _note(f"{label + ': ' if label else ''}no notes left to play: the output is silence", quiet)
+    return song
 
 
 MIDI_SUFFIXES = (".mid", ".midi")
 
 
 def find_midi_files(folder: Path) -> list[Path]:
-    """Every .mid/.midi file below `folder` (any letter case), in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    """Every .mid/.midi file below `folder` (any letter case), in a stable order; hidden files (such as the
+    `._song.mid` files macOS leaves on shared drives) and hidden folders are skipped."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in MIDI_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 @app.command("batch")
@@ -602,11 +638,17 @@ def batch_command(
     size = batch_size or (8 if loader.device_type == "cuda" else 1)
     tally = BatchTally(time.monotonic())
     jobs: list[BatchJob] = []
+    claimed: dict[Path, Path] = {}  # output -> the input rendering to it
     try:
         for n, path in enumerate(files, 1):
             rel = path.relative_to(in_dir)
             target = (out_dir / rel).with_suffix(f".{fmt}")
             job = BatchJob(rel, target, f"[{n}/{len(files)}] {rel}")
+            if target in claimed:
+                clash = f"{rel}: {claimed[target]} already renders to {target}; rename one of them"
+                tally.fail(job, SpectrosynthError(clash))
+                continue
+            claimed[target] = rel
             if target.exists() and not force:
                 tally.skipped += 1
                 _note(f"{job.label}: skipped, {target} exists (--force renders it again)", quiet)
@@ -614,7 +656,8 @@ def batch_command(
             try:
                 job.song = _prepare(_read_score(str(path)), remap, start, duration, quiet, job.label)
                 _warn_dense(job.song, job.label, quiet)
-            except _PER_FILE_ERRORS() as e:
+                _warn_short_tail(job.song, settings, job.label, quiet)
+            except SpectrosynthError as e:  # anything about this file: the batch goes on
                 tally.fail(job, e)
                 continue
             jobs.append(job)
@@ -683,7 +726,7 @@ def _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, t
                     SongOutput(job.song, synth.vocoder, str(job.target), settings, force, mel)
                 )
                 live.append(job)
-            except (OSError, *_PER_FILE_ERRORS()) as e:
+            except (OSError, *_per_file_errors()) as e:
                 tally.fail(job, e)
         if not live:
             return
@@ -704,13 +747,13 @@ def _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, t
                         tally.audio_seconds += summary.duration
                         _report_written(summary, job.label, time.monotonic() - began, quiet)
                         job.output = None
-                except (OSError, *_PER_FILE_ERRORS()) as e:
+                except (OSError, *_per_file_errors()) as e:
                     job.output.abort()
                     job.output = None
                     tally.fail(job, e)
 
 
-def _PER_FILE_ERRORS() -> tuple[type, ...]:
+def _per_file_errors() -> tuple[type, ...]:
     """Errors that concern one file (the batch goes on), as opposed to the model or the options."""
     from spectrosynth.errors import MidiError, OutputError, RemapError
 
@@ -730,7 +773,9 @@ def _batch_summary(rendered, skipped, failed, audio_seconds, wall, interrupted=F
     table.add_row(str(rendered), str(skipped), str(len(failed)), f"{audio_seconds:.1f} s", f"{wall:.1f} s")
     console.print(table)
     for rel, message in failed:
-        console.print(f"failed: {rel}: {message}", soft_wrap=True)
+        console.print(
+            f"failed: {message}" if str(rel) in message else f"failed: {rel}: {message}", soft_wrap=True
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

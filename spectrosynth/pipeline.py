@@ -38,7 +38,7 @@ from spectrosynth.constants import (
 from spectrosynth.errors import SpectrosynthError
 from spectrosynth.sampling import DDPMSchedule, sample_ddpm
 from spectrosynth.tokens import Segment
-from spectrosynth.vocoder import Vocoder
+from spectrosynth.vocoder import StreamingVocoder, Vocoder
 
 if TYPE_CHECKING:
     from spectrosynth.remap import Remap
@@ -153,6 +153,8 @@ class Synthesizer:
         self.notes_encoder = notes_encoder.to(self.device, dtype)
         self.context_encoder = context_encoder.to(self.device, dtype)
         self.decoder = decoder.to(self.device, dtype)
+        for net in (self.notes_encoder, self.context_encoder, self.decoder):
+            net.fuse_projections()
         self.schedule = schedule
         self.vocoder = vocoder
 
@@ -223,8 +225,9 @@ class Synthesizer:
         """Several songs at once: segment k of every song that has one goes through the model together.
 
         Segments of one song stay in order (each is conditioned on the one before); stacking songs keeps a
-        GPU busy. Each song draws its noise from its own generator (seeds[i], default 0), so it renders
-        exactly as it would alone. Yields (song index, segment index, log-mel (256, 128)) as segments finish.
+        GPU busy. Each song draws its noise from its own generator (seeds[i], default 0), so it renders as it
+        would alone, up to floating-point rounding (batched matrix products may round differently).
+        Yields (song index, segment index, log-mel (256, 128)) as segments finish.
         """
         if generators is None:
             generators = [torch.Generator().manual_seed(s) for s in (seeds or [0] * len(songs))]
@@ -322,5 +325,11 @@ class Synthesizer:
         if remap is not None:
             score, _ = apply_remap(score, remap)
         song = prepare(score, start=start, length=length)
-        mel = self.generate_mel([s.tokens for s in song.segments], steps=steps, seed=seed, callback=callback)
-        return Rendering(self.vocoder(mel), mel, song.segments)
+        streamer, mels, audio = StreamingVocoder(self.vocoder), [], []
+        for mel in self.iter_mel(
+            [s.tokens for s in song.segments], steps=steps, seed=seed, callback=callback
+        ):
+            mels.append(mel)
+            audio += streamer.feed(mel)  # the vocoder never sees the whole song at once
+        audio += streamer.finish()
+        return Rendering(np.concatenate(audio), np.concatenate(mels), song.segments)

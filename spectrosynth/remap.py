@@ -88,7 +88,7 @@ def parse_program(text: str) -> int:
     if key in _NOT_PROGRAMS:
         raise RemapError(
             f"'{raw}' is not a General MIDI program: drums are the tracks on MIDI channel 10 and other "
-            "tracks cannot become one; give a program such as 'Taiko Drum' (116) or 'Steel Drums' (114)"
+            "tracks cannot become one; use --mute or --no-drums to leave drums out, or give a pitched program"
         )
 
     exact = sorted({p for norm, p, _ in _names() if norm == key})

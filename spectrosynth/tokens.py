@@ -220,6 +220,11 @@ class PreparedSong:
     def rendered_duration(self) -> float:
         return len(self.segments) * SEGMENT_SECONDS
 
+    @property
+    def silent(self) -> bool:
+        """No notes at all: every segment is a lone tie token and EOS."""
+        return all(len(s.tokens) <= 2 for s in self.segments)
+
 
 def prepare(
     score: Score, start: float = 0.0, length: float | None = None, max_length: int = INPUT_LENGTH
@@ -227,7 +232,7 @@ def prepare(
     """Sustain, instrument classes, an optional preview window (`start`, `length` in seconds) and segments."""
     notes, duration = model_notes(score)
     if start or length is not None:
-        if start >= duration:
+        if start > 0 and start >= duration:
             raise SpectrosynthError(
                 f"{score.source}: --start {start:g} s is at or past the end of the song ({duration:.1f} s)"
             )

@@ -103,3 +103,13 @@ def test_render_with_a_missing_model_folder_fails_cleanly(tmp_path, waltz):
     )
     assert result.exit_code == 1 and "no such model folder" in result.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_no_arguments_shows_the_help():
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0 and "render" in result.stdout and "error" not in result.output
+
+
+def test_debug_variable_zero_means_off(tmp_path):
+    result = runner.invoke(app, ["inspect", str(tmp_path / "missing.mid")], env={"SPECTROSYNTH_DEBUG": "0"})
+    assert result.exit_code == 1 and result.stderr.startswith("spectrosynth: error: ")

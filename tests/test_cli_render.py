@@ -348,3 +348,51 @@ def test_download_reports_a_damaged_model(tmp_path, tiny_model):
     (broken / "decoder" / "diffusion_pytorch_model.bin").write_bytes(b"oops")
     result = runner.invoke(app, ["download", "--model", str(broken)])
     assert result.exit_code == 1 and "decoder" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_batch_reports_name_clashes_hidden_files_and_short_songs(tmp_path, waltz, model_args):
+    root = tmp_path / "in"
+    (root / ".cache").mkdir(parents=True)
+    shutil.copy(waltz, root / "song.mid")
+    shutil.copy(waltz, root / "song.midi")  # same output name as song.mid
+    shutil.copy(waltz, root / "._song.mid")  # macOS metadata: skipped
+    shutil.copy(waltz, root / ".cache" / "x.mid")  # hidden folder: skipped
+    short = root / "short.mid"
+    short.write_bytes(waltz.read_bytes())
+    result = batch(root, tmp_path / "out", *model_args, "--start", "90", "--duration", "2")
+    assert result.exit_code == 1
+    assert "already renders to" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["short.wav", "song.wav"]
+
+
+def test_batch_start_past_the_end_fails_only_that_song(tmp_path, waltz, complex_midi, model_args):
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(waltz, root / "a.mid")  # 97.5 s long
+    shutil.copy(complex_midi, root / "b.mid")  # 293.8 s long
+    result = batch(root, tmp_path / "out", *model_args, "--start", "200", "--duration", "2")
+    assert result.exit_code == 1 and "past the end" in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.wav"]
+
+
+def test_output_that_is_a_folder(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path, *model_args)
+    assert result.exit_code == 1 and "is a folder" in result.stderr
+
+
+def test_format_is_case_insensitive(tmp_path, waltz, model_args):
+    out = tmp_path / "a.flac"
+    assert render(waltz, out, *model_args, "--duration", "2", "--format", "FLAC").exit_code == 0
+    assert sf.info(out).format == "FLAC"
+
+
+def test_a_tail_cut_short_by_the_last_segment_is_noted(tmp_path, waltz, model_args):
+    # A 5 s preview renders 1 segment (5.12 s): only 0.12 s are left for a 1 s tail.
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--duration", "5")
+    assert result.exit_code == 0 and "the tail is 0.12 s, not 1 s" in result.stderr
+    assert sf.info(tmp_path / "a.wav").frames == 81920
+
+
+def test_muting_everything_is_noted(tmp_path, waltz, model_args):
+    result = render(waltz, tmp_path / "a.wav", *model_args, "--mute", "1,2", "--duration", "2")
+    assert result.exit_code == 0 and "no notes left to play" in result.stderr

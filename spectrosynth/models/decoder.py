@@ -20,6 +20,7 @@ from torch import nn
 from spectrosynth.models.layers import Attention, GatedGeluMLP, RMSNorm, clamp_float16, timestep_embedding
 
 KV = tuple[torch.Tensor, torch.Tensor]
+FilmParams = tuple[torch.Tensor, torch.Tensor]  # (1 + scale, shift)
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,16 @@ class FiLM(nn.Module):
         super().__init__()
         self.proj = nn.Linear(cond_dim, 2 * d_model, bias=False)
 
-    def scale_shift(self, cond: torch.Tensor) -> torch.Tensor:
-        """cond (B, 1, 4C) -> (B, 1, 2C): [scale | shift]."""
-        return self.proj(cond)
+    def scale_shift(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cond (B, 1, 4C) -> (1 + scale, shift), each (B, 1, C): [scale | shift] is one linear map."""
+        scale, shift = self.proj(cond).chunk(2, dim=-1)
+        return 1 + scale, shift
 
     @staticmethod
-    def apply(x: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
-        scale, shift = scale_shift.chunk(2, dim=-1)
-        return x * (1 + scale) + shift
+    def apply(x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x * (1 + scale) + shift, as one fused multiply-add."""
+        one_plus_scale, shift = film
+        return torch.addcmul(shift, x, one_plus_scale)
 
 
 class DecoderLayer(nn.Module):
@@ -70,7 +73,7 @@ class DecoderLayer(nn.Module):
         self.mlp_film = FiLM(4 * c.d_model, c.d_model)
         self.mlp = GatedGeluMLP(c.d_model, c.d_ff)
 
-    def forward(self, y, films: tuple[torch.Tensor, torch.Tensor], kv: KV, key_mask=None) -> torch.Tensor:
+    def forward(self, y, films: tuple[FilmParams, FilmParams], kv: KV, key_mask=None) -> torch.Tensor:
         y = clamp_float16(y + self.self_attn(FiLM.apply(self.self_attn_norm(y), films[0])))
         y = clamp_float16(y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask))
         return clamp_float16(y + self.mlp(FiLM.apply(self.mlp_norm(y), films[1])))
@@ -88,8 +91,9 @@ class FilmDecoder(nn.Module):
         self.final_norm = RMSNorm(c.d_model)
         self.output_proj = nn.Linear(c.d_model, c.input_dims, bias=False)
 
-    def conditioning(self, noise_time: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """noise_time (B,) in [0, 1) -> per layer, the two FiLM [scale | shift] tensors (B, 1, 2C)."""
+    def conditioning(self, noise_time: torch.Tensor) -> list[tuple[FilmParams, FilmParams]]:
+        """noise_time (B,) in [0, 1) -> per layer, the FiLM (1 + scale, shift) of its self-attention and of
+        its feed-forward, each (B, 1, C)."""
         emb = timestep_embedding(
             noise_time * self.config.max_decoder_noise_time,
             self.config.d_model,
@@ -98,6 +102,13 @@ class FilmDecoder(nn.Module):
         cond = F.silu(self.time_proj2(F.silu(self.time_proj1(emb)))).unsqueeze(1)  # (B, 1, 4C)
         return [(lyr.self_attn_film.scale_shift(cond), lyr.mlp_film.scale_shift(cond)) for lyr in self.layers]
 
+    def fuse_projections(self) -> None:
+        """Merge the projections that read the same input (self-attention q/k/v, feed-forward wi_0/wi_1)
+        into single matrix products: the same arithmetic with fewer, larger products."""
+        for layer in self.layers:
+            layer.self_attn.fuse_self_projections()
+            layer.mlp.fuse_input_projections()
+
     def cross_keys_values(self, encodings: torch.Tensor) -> list[KV]:
         """encodings (B, S, C), notes then context along S -> per layer, cross-attention keys and values."""
         return [lyr.cross_attn.keys_values(encodings) for lyr in self.layers]
@@ -105,7 +116,7 @@ class FilmDecoder(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        films: list[tuple[torch.Tensor, torch.Tensor]],
+        films: list[tuple[FilmParams, FilmParams]],
         kvs: list[KV],
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:

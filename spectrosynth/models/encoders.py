@@ -47,6 +47,12 @@ class Encoder(nn.Module):
         )
         self.final_norm = RMSNorm(c.d_model)
 
+    def fuse_projections(self) -> None:
+        """Merge q/k/v and wi_0/wi_1 into single matrix products (see FilmDecoder.fuse_projections)."""
+        for layer in self.layers:
+            layer.attn.fuse_self_projections()
+            layer.mlp.fuse_input_projections()
+
     def encode(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, T, C) embedded inputs -> (B, T, C)."""
         x = x + self.position_embedding.weight[: x.shape[1]]
