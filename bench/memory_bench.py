@@ -83,7 +83,9 @@ def main() -> None:
         at = [r for t, r in samples if t <= wall * i / 10]
         tenths.append(at[-1] if at else float("nan"))
     print("memory after each tenth of the render (GB): " + " ".join(f"{r:.2f}" for r in tenths))
-    print(f"growth from the first to the last tenth: {(tenths[-1] - tenths[0]) * 1000:+.0f} MB")
+    # The last reading may come after the model is released at the end: compare with the largest later one.
+    growth = (max(tenths[1:]) - tenths[0]) * 1000
+    print(f"growth from the first tenth to the largest later reading: {growth:+.0f} MB")
 
 
 if __name__ == "__main__":

@@ -153,8 +153,12 @@ class Synthesizer:
         self.notes_encoder = notes_encoder.to(self.device, dtype)
         self.context_encoder = context_encoder.to(self.device, dtype)
         self.decoder = decoder.to(self.device, dtype)
-        for net in (self.notes_encoder, self.context_encoder, self.decoder):
-            net.fuse_projections()
+        # Merging projections copies their weights. Worth it when the weights were copied anyway (another
+        # precision or device); float32 on the CPU keeps the memory-mapped file as the only copy instead
+        # (merging would hold both, and gains little there).
+        if dtype != torch.float32 or self.device.type != "cpu":
+            for net in (self.notes_encoder, self.context_encoder, self.decoder):
+                net.fuse_projections()
         self.schedule = schedule
         self.vocoder = vocoder
 
