@@ -376,12 +376,6 @@ def _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, t
     return OutputSettings(fmt or "wav", bit_depth, sample_rate, gain, normalize, clip, tail, trim)
 
 
-@dataclass(frozen=True)
-class SongResult:
-    audio_seconds: float
-    wall_seconds: float
-
-
 class ModelLoader:
     """Loads the model on first use, once, for any number of songs."""
 
@@ -444,7 +438,7 @@ def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
 def _render_song(
     song, output: str, settings, loader: ModelLoader, *, steps: int, seed: int, force: bool, quiet: bool,
     label: str, mel_out: Path | None = None,
-) -> SongResult:  # fmt: skip
+) -> None:  # fmt: skip
     """Render one prepared song to `output` ('-' for stdout), writing progressively and atomically."""
     from spectrosynth.outputs import SongOutput
     from spectrosynth.progress import RenderProgress
@@ -461,7 +455,6 @@ def _render_song(
         summary = out.finish()
     wall = time.monotonic() - began
     _report_written(summary, label, wall, quiet)
-    return SongResult(summary.duration, wall)
 
 
 @app.command("render")

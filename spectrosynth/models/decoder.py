@@ -11,20 +11,27 @@ Work that does not change between diffusion steps is split out so the sampler ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spectrosynth.models.layers import Attention, GatedGeluMLP, RMSNorm, clamp_float16, timestep_embedding
+from spectrosynth.models.layers import (
+    Attention,
+    FromConfig,
+    GatedGeluMLP,
+    RMSNorm,
+    clamp_float16,
+    timestep_embedding,
+)
 
 KV = tuple[torch.Tensor, torch.Tensor]
 FilmParams = tuple[torch.Tensor, torch.Tensor]  # (1 + scale, shift)
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(FromConfig):
     """Hyperparameters from the published decoder `config.json` (base values in comments)."""
 
     d_model: int = 768
@@ -35,11 +42,6 @@ class DecoderConfig:
     input_dims: int = 128  # mel bins
     targets_length: int = 256  # frames per segment
     max_decoder_noise_time: float = 2000.0  # the published checkpoint says 20000.0: always read the config
-
-    @classmethod
-    def from_dict(cls, config: dict) -> DecoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 class FiLM(nn.Module):

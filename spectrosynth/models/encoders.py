@@ -6,16 +6,16 @@ are stored weights (sinusoids with permuted bands and random phases, fixed at tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from spectrosynth.models.layers import EncoderLayer, RMSNorm
+from spectrosynth.models.layers import EncoderLayer, FromConfig, RMSNorm
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(FromConfig):
     """Hyperparameters from a published encoder `config.json` (base values in comments)."""
 
     d_model: int  # 768
@@ -27,11 +27,6 @@ class EncoderConfig:
     vocab_size: int = 1536  # notes encoder: embedding rows
     input_dims: int = 128  # context encoder: mel bins
     targets_context_length: int = 256  # context encoder: frames
-
-    @classmethod
-    def from_dict(cls, config: dict) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 class Encoder(nn.Module):

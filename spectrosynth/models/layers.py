@@ -7,10 +7,22 @@ RMSNorm without bias or mean subtraction, bias-free linear layers, attention wit
 from __future__ import annotations
 
 import math
+from dataclasses import fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class FromConfig:
+    """For the config dataclasses: `from_dict` builds one from a published config.json, ignoring the fields
+    the model does not use (dropout, diffusers' bookkeeping)."""
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 class RMSNorm(nn.Module):
