@@ -700,7 +700,7 @@ def _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, t
     """Render songs together (segment k of each in one pass), each written progressively to its file.
 
     A song that cannot be written fails alone; the others go on. Every song uses the same seed, so each
-    sounds exactly as it would rendered on its own.
+    sounds as it would rendered on its own (up to floating-point rounding).
     """
     import contextlib
 

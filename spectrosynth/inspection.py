@@ -12,7 +12,7 @@ from spectrosynth.constants import INPUT_LENGTH, SEGMENT_SECONDS
 from spectrosynth.instruments import class_name, program_name, program_to_class
 from spectrosynth.midi import Score
 from spectrosynth.remap import Remap, apply_remap
-from spectrosynth.tokens import fit_segment, model_notes, tokenize_notes
+from spectrosynth.tokens import prepare
 
 SCHEMA = "spectrosynth.inspect/1"
 
@@ -25,25 +25,25 @@ def inspect_score(score: Score, include_tokens: bool = False, remap: Remap | Non
     notices: list[str] = []
     if remap is not None and not remap.is_identity():
         score, notices = apply_remap(score, remap)
-    notes, duration = model_notes(score)
-    raw = tokenize_notes(notes, duration)
-    segments = [fit_segment(i, t) for i, t in enumerate(raw)]
+    song = prepare(score)
+    segments = song.segments
+    raw_lengths = [len(s.tokens) + s.dropped_tokens for s in segments]  # before any cut
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "file": score.source,
-        "duration": round(duration, 6),
-        "notes": len(notes),
+        "duration": round(song.duration, 6),
+        "notes": song.num_notes,
         "segments": len(segments),
         "segment_seconds": SEGMENT_SECONDS,
         "rendered_duration": round(len(segments) * SEGMENT_SECONDS, 6),
-        "longest_segment_tokens": max((len(t) for t in raw), default=0),
+        "longest_segment_tokens": max(raw_lengths, default=0),
         "max_segment_tokens": INPUT_LENGTH,
         "overflowing_segments": [
             {
                 "index": s.index,
                 "start": round(s.start, 6),
                 "end": round(s.end, 6),
-                "tokens": len(raw[s.index]),
+                "tokens": raw_lengths[s.index],
                 "dropped_tokens": s.dropped_tokens,
                 "dropped_from": round(s.dropped_from, 6),
             }

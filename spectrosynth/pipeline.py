@@ -179,9 +179,7 @@ class Synthesizer:
         folder = weights.resolve_model(model, revision=revision, progress=progress)
         nets = {}
         for component in COMPONENTS:
-            config = weights.read_config(folder, component)
-            state = weights.read_state_dict(folder, component)
-            weights.check_state_dict(state, weights.published_keys(component, config), component)
+            config, state = weights.read_checked_state_dict(folder, component)
             nets[component] = models.build(component, config, state)
             del state
         try:

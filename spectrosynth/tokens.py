@@ -215,6 +215,7 @@ class PreparedSong:
 
     segments: list[Segment]
     duration: float  # seconds from the start of segment 0 to the end of the last note
+    num_notes: int = 0  # notes the model receives (after the sustain pedal and any preview window)
 
     @property
     def rendered_duration(self) -> float:
@@ -238,7 +239,7 @@ def prepare(
             )
         notes, duration = crop_notes(notes, duration, start, length)
     segments = [fit_segment(i, t, max_length) for i, t in enumerate(tokenize_notes(notes, duration))]
-    return PreparedSong(segments, duration)
+    return PreparedSong(segments, duration, len(notes))
 
 
 def tokenize(score: Score, max_length: int = INPUT_LENGTH) -> list[Segment]:

@@ -517,6 +517,16 @@ def parameter_count(component: str, config: Mapping[str, Any]) -> int:
     return total
 
 
+def read_checked_state_dict(
+    folder: str | os.PathLike[str], component: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A component's config and its weights, every published key and shape checked against the config."""
+    config = read_config(folder, component)
+    state = read_state_dict(folder, component)
+    check_state_dict(state, published_keys(component, config), component)
+    return config, state
+
+
 def verify_model(folder: str | os.PathLike[str]) -> int:
     """Check a model folder fully: layout, configs, every weight's key and shape, the vocoder.
 
@@ -527,10 +537,8 @@ def verify_model(folder: str | os.PathLike[str]) -> int:
     check_layout(folder)
     total = 0
     for component in COMPONENTS:
-        state = read_state_dict(folder, component)
-        check_state_dict(state, published_keys(component, read_config(folder, component)), component)
+        read_checked_state_dict(folder, component)
         total += weights_file(folder, component).stat().st_size
-        del state
     read_config(folder, "scheduler")
     read_model_index(folder)
     from spectrosynth.vocoder import Vocoder
