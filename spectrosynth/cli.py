@@ -12,11 +12,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+from spectrosynth.constants import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_STEPS
 
 # click's exception classes, taken from Typer's public BadParameter so that they are the ones Typer raises
 # (recent Typer versions ship their own copy of click).
@@ -143,10 +146,39 @@ DtypeOpt = Annotated[
         help="Precision: float32, bfloat16, float16 (CUDA only), or auto (fastest).",
     ),
 ]
-StepsOpt = Annotated[
-    int,
+SamplerName = Enum("SamplerName", {name: name for name in SAMPLER_STEPS}, type=str)
+DEFAULT_SAMPLER_NAME = SamplerName(DEFAULT_SAMPLER)
+SamplerOpt = Annotated[
+    SamplerName,
     typer.Option(
-        "--steps", metavar="N", min=1, max=1000, help="Diffusion steps per 5.12 s segment: fewer is faster."
+        "--sampler",
+        help=f"How each 5.12 s segment is sampled (docs/sampling.md). {DEFAULT_SAMPLER}: fast, the default; "
+        "ddpm: the authors' original (with --steps 1000); diffusers: diffusers' port, bit for bit.",
+    ),
+]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        metavar="N",
+        min=1,
+        max=10000,
+        show_default=False,
+        help="Network evaluations per 5.12 s segment: fewer is faster. Default: the sampler's own ("
+        + ", ".join(f"{name} {steps}" for name, steps in SAMPLER_STEPS.items())
+        + ").",
+    ),
+]
+GuidanceOpt = Annotated[
+    float,
+    typer.Option(
+        "--guidance",
+        "-g",
+        metavar="W",
+        min=0.0,
+        max=100.0,
+        help="Classifier-free guidance weight: how closely the audio follows the notes. 2 as the authors; "
+        "1 turns it off (half the work per step).",
     ),
 ]
 SeedOpt = Annotated[
@@ -435,9 +467,28 @@ def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """--sampler, --steps (resolved to the sampler's default) and --guidance, checked."""
+
+    sampler: str
+    steps: int
+    guidance: float
+
+    @classmethod
+    def from_options(cls, sampler: SamplerName, steps: int | None, guidance: float) -> Sampling:
+        from spectrosynth.pipeline import resolve_sampler
+
+        _, steps = resolve_sampler(sampler.value, steps, guidance)
+        return cls(sampler.value, steps, guidance)
+
+    def options(self) -> dict[str, Any]:
+        return {"sampler": self.sampler, "guidance": self.guidance}
+
+
 def _render_song(
-    song, output: str, settings, loader: ModelLoader, *, steps: int, seed: int, force: bool, quiet: bool,
-    label: str, mel_out: Path | None = None,
+    song, output: str, settings, loader: ModelLoader, *, sampling: Sampling, seed: int, force: bool,
+    quiet: bool, label: str, mel_out: Path | None = None,
 ) -> None:  # fmt: skip
     """Render one prepared song to `output` ('-' for stdout), writing progressively and atomically."""
     from spectrosynth.outputs import SongOutput
@@ -449,8 +500,9 @@ def _render_song(
     began = time.monotonic()
     mel_path = None if mel_out is None else str(mel_out)
     with SongOutput(song, synth.vocoder, output, settings, force, mel_path) as out:
-        with RenderProgress(label, len(song.segments), steps, quiet=quiet) as progress:
-            for mel in synth.iter_mel([s.tokens for s in song.segments], steps, seed, None, progress):
+        with RenderProgress(label, len(song.segments), sampling.steps, quiet=quiet) as progress:
+            tokens = [s.tokens for s in song.segments]
+            for mel in synth.iter_mel(tokens, sampling.steps, seed, None, progress, **sampling.options()):
                 out.add(mel)
         summary = out.finish()
     wall = time.monotonic() - began
@@ -471,7 +523,9 @@ def render_command(
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    steps: StepsOpt = 100,
+    sampler: SamplerOpt = DEFAULT_SAMPLER_NAME,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = DEFAULT_GUIDANCE,
     seed: SeedOpt = 0,
     program: ProgramOpt = None,
     track: TrackOpt = None,
@@ -506,6 +560,8 @@ def render_command(
 
       spectrosynth render song.mid song.flac --program piano=violin --mute 3 --start 30 --duration 20
 
+      spectrosynth render song.mid song.wav --sampler ddpm --steps 1000 --guidance 2
+
       cat song.mid | spectrosynth render - - --format flac > song.flac
     """
     from dataclasses import replace
@@ -514,6 +570,7 @@ def render_command(
 
     settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
     settings = replace(settings, fmt=output_format(output, fmt))
+    sampling = Sampling.from_options(sampler, steps, guidance)
     check_output(output, force)  # before any slow work
     if mel_out is not None:
         check_output(str(mel_out), force)
@@ -522,8 +579,8 @@ def render_command(
     song = _prepare(_read_score(midi), remap, start, duration, quiet)
     label = "<stdin>" if midi == "-" else Path(midi).name
     _render_song(
-        song, output, settings, loader, steps=steps, seed=seed, force=force, quiet=quiet, label=label,
-        mel_out=mel_out,
+        song, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
+        label=label, mel_out=mel_out,
     )  # fmt: skip
 
 
@@ -572,7 +629,9 @@ def batch_command(
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    steps: StepsOpt = 100,
+    sampler: SamplerOpt = DEFAULT_SAMPLER_NAME,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = DEFAULT_GUIDANCE,
     seed: SeedOpt = 0,
     program: ProgramOpt = None,
     track: TrackOpt = None,
@@ -614,11 +673,12 @@ def batch_command(
     --force. A file that cannot be rendered is reported and the batch goes on; the exit code is 1 if any
     file failed.
 
-    Example: spectrosynth batch midi/ audio/ --format flac --steps 50
+    Example: spectrosynth batch midi/ audio/ --format flac --steps 30
     """
     from spectrosynth.errors import SpectrosynthError
 
     settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    sampling = Sampling.from_options(sampler, steps, guidance)
     if not in_dir.is_dir():
         raise SpectrosynthError(f"{in_dir}: no such folder; give the folder that holds the MIDI files")
     if out_dir.exists() and not out_dir.is_dir():
@@ -655,10 +715,10 @@ def batch_command(
                 continue
             jobs.append(job)
             if len(jobs) == size:
-                _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, tally)
+                _render_group(jobs, settings, loader, sampling, seed, force, quiet, save_mel, tally)
                 jobs = []
         if jobs:
-            _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, tally)
+            _render_group(jobs, settings, loader, sampling, seed, force, quiet, save_mel, tally)
     except KeyboardInterrupt:
         tally.summary(interrupted=True)
         raise _fail(
@@ -696,7 +756,7 @@ class BatchTally:
                        time.monotonic() - self.began, interrupted, quiet)  # fmt: skip
 
 
-def _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, tally) -> None:
+def _render_group(jobs, settings, loader, sampling, seed, force, quiet, save_mel, tally) -> None:
     """Render songs together (segment k of each in one pass), each written progressively to its file.
 
     A song that cannot be written fails alone; the others go on. Every song uses the same seed, so each
@@ -726,8 +786,11 @@ def _render_group(jobs, settings, loader, steps, seed, force, quiet, save_mel, t
         label = live[0].label if len(live) == 1 else f"{live[0].label} and {len(live) - 1} more"
         songs = [[s.tokens for s in job.song.segments] for job in live]
         segments = max(len(song) for song in songs)
-        with RenderProgress(label, segments, steps, quiet=quiet) as progress:
-            for i, _, mel in synth.iter_mel_batch(songs, steps, [seed] * len(live), callback=progress):
+        seeds = [seed] * len(live)
+        with RenderProgress(label, segments, sampling.steps, quiet=quiet) as progress:
+            for i, _, mel in synth.iter_mel_batch(
+                songs, sampling.steps, seeds, callback=progress, **sampling.options()
+            ):
                 job = live[i]
                 if job.output is None:
                     continue

@@ -27,3 +27,17 @@ INPUT_LENGTH = 2048  # notes-encoder positions per segment, EOS included
 # Log-mel range of the feature space: ln(1e-5) .. 4.0, scaled linearly to [-1, 1] for the decoder.
 MIN_LOG_MEL = math.log(1e-5)  # -11.512925
 MAX_LOG_MEL = 4.0
+
+# Samplers (spectrosynth.sampling.SAMPLERS) and the network evaluations each takes unless told otherwise;
+# docs/sampling.md has the measurements behind these choices. Here, not in spectrosynth.sampling, so that the
+# command line can list them without importing torch.
+DEFAULT_SAMPLER = "unipc"
+SAMPLER_STEPS = {
+    "unipc": 20,  # UniPC-2, deterministic: the most accurate at 20 steps and more
+    "dpmpp-2m": 20,  # DPM-Solver++(2M), deterministic: the most accurate below 20 steps
+    "ddim": 50,  # DDIM, deterministic, first order
+    "dpmpp-2m-sde": 50,  # SDE-DPM-Solver++(2M), stochastic
+    "ddpm": 1000,  # the original ancestral sampler, as the authors ran it
+    "diffusers": 100,  # diffusers' port, bit for bit (with guidance 1)
+}
+DEFAULT_GUIDANCE = 2.0  # classifier-free guidance weight of the authors' demo; 1 = none (one pass per step)

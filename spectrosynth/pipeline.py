@@ -6,8 +6,9 @@ Data flow for a song of S segments (base model sizes):
     for each segment i, in order:
         notes encoder:   tokens (1, L)                -> (1, L, 768)
         context encoder: previous mel (1, 256, 128)   -> (1, 256, 768)   (segment 0: none, see below)
-        decoder: 100 DDPM steps from noise (1, 256, 128), each predicting the noise from
-                 x_t, the time t and cross-attention over the L (+ 256) encodings
+        sampler: from noise (1, 256, 128), `steps` evaluations of the decoder (20 by default), each
+                 predicting the noise from x_t, the time t and cross-attention over the L (+ 256)
+                 encodings; with guidance, also without them (batched as (2, 256, 128))
         mel_i = x_0 scaled back to log-mel (1, 256, 128)  -> the next segment's context
     vocoder: all mels (1, 256 S, 128) -> audio (256 S * 320,) at 16 kHz
 
@@ -18,6 +19,8 @@ notes to 2048 tokens and masks the padding (weight exactly 0), so the encoders r
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +39,17 @@ from spectrosynth.constants import (
     SAMPLE_RATE,
 )
 from spectrosynth.errors import SpectrosynthError
-from spectrosynth.sampling import DDPMSchedule, sample_ddpm
+from spectrosynth.sampling import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLERS,
+    DDPMSchedule,
+    Denoiser,
+    Sampler,
+    guide,
+    randn,
+)
 from spectrosynth.tokens import Segment
 from spectrosynth.vocoder import StreamingVocoder, Vocoder
 
@@ -105,15 +118,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), which makes bfloat16
-    several times faster than float32. Read from /proc/cpuinfo; elsewhere (macOS, Windows) assumed not."""
+def cpu_has_bfloat16_matrix_units() -> bool:
+    """Whether this CPU has AMX (Advanced Matrix Extensions) for bfloat16, which makes bfloat16 matrix
+    products several times faster than float32. AVX512-BF16 alone does not: on a 2-core Xeon (model 207)
+    without AMX, torch's bfloat16 products ran at 0.17 TFLOP/s against 0.30 for float32
+    (docs/performance.md). Read from /proc/cpuinfo; elsewhere (macOS, Windows) assumed not."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return "amx_bf16" in line.split(":", 1)[1].split()
     except OSError:
         pass
     return False
@@ -122,18 +136,56 @@ def cpu_has_native_bfloat16() -> bool:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto': the fastest precision the device computes natively.
 
-    CUDA: bfloat16 where supported (Ampere and newer), else float16. CPU: bfloat16 with AVX512-BF16 or AMX,
-    else float32. The cost in accuracy is measured in docs/performance.md.
+    CUDA: bfloat16 where supported (Ampere and newer), else float16. CPU: bfloat16 with AMX, else float32.
+    The cost in accuracy is measured in docs/performance.md.
     """
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
+        return torch.bfloat16 if cpu_has_bfloat16_matrix_units() else torch.float32
     if dtype not in DTYPES:
         raise SpectrosynthError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     if dtype == "float16" and device.type != "cuda":
         raise SpectrosynthError("float16 is for CUDA devices; on a CPU use --dtype bfloat16 or float32")
     return DTYPES[dtype]
+
+
+def resolve_sampler(
+    name: str, steps: int | None, guidance: float, schedule: DDPMSchedule | None = None
+) -> tuple[Sampler, int]:
+    """The sampler called `name` and its step count (its default when None), with the options checked.
+
+    schedule: the checkpoint's discrete schedule, for the `diffusers` sampler (default: the published one).
+    """
+    if name not in SAMPLERS:
+        raise SpectrosynthError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+    steps = DEFAULT_STEPS[name] if steps is None else steps
+    if steps < 1:
+        raise SpectrosynthError(f"steps must be at least 1, not {steps}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise SpectrosynthError(f"guidance must be a number >= 0 (1 = none, 2 = default), not {guidance}")
+    if name != "diffusers":
+        return SAMPLERS[name], steps
+    schedule = schedule or DDPMSchedule.published()
+    if steps > schedule.num_train_timesteps:
+        raise SpectrosynthError(
+            f"the diffusers sampler takes at most {schedule.num_train_timesteps} steps, not {steps}; "
+            "use another sampler for more"
+        )
+    return functools.partial(SAMPLERS[name], schedule=schedule), steps
+
+
+class FilmCache:
+    """The decoder's FiLM conditioning for each time t a sampler asks for, computed once per t."""
+
+    def __init__(self, decoder: models.FilmDecoder, device: torch.device):
+        self.decoder, self.device, self.films = decoder, device, {}
+
+    def __call__(self, t: float):
+        if t not in self.films:
+            noise_time = torch.tensor([t], dtype=torch.float32, device=self.device)
+            self.films[t] = self.decoder.conditioning(noise_time)
+        return self.films[t]
 
 
 class Synthesizer:
@@ -199,30 +251,44 @@ class Synthesizer:
             torch_dtype,
         )
 
+    def sampler(self, name: str, steps: int | None, guidance: float) -> tuple[Sampler, int]:
+        """The sampler called `name` and its step count (its default when None), checked: one-line errors."""
+        return resolve_sampler(name, steps, guidance, self.schedule)
+
     def iter_mel(
         self,
         segments: list[list[int]],
-        steps: int = 100,
+        steps: int | None = None,
         seed: int = 0,
         generator: torch.Generator | None = None,
         callback: ProgressCallback | None = None,
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        guidance: float = DEFAULT_GUIDANCE,
     ) -> Iterator[np.ndarray]:
         """Token segments (unpadded) -> each segment's log-mel spectrogram (256, 128), float32, in order.
 
-        The noise comes from a CPU generator seeded with `seed` (or the given `generator`), drawn in the
-        reference's order: the starting noise of each segment, then one draw per step except the last.
+        sampler: a name in spectrosynth.sampling.SAMPLERS; steps: its network evaluations per segment (None:
+        the sampler's default, 20 for unipc); guidance: the classifier-free guidance weight (1: none, one
+        decoder pass per step; otherwise two). The noise comes from a CPU generator seeded with `seed` (or
+        the given `generator`): the starting noise of each segment, then one draw per step that adds noise.
         """
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-        for _, _, mel in self.iter_mel_batch([segments], steps, generators=[gen], callback=callback):
+        for _, _, mel in self.iter_mel_batch(
+            [segments], steps, generators=[gen], callback=callback, sampler=sampler, guidance=guidance
+        ):
             yield mel
 
     def iter_mel_batch(
         self,
         songs: list[list[list[int]]],
-        steps: int = 100,
+        steps: int | None = None,
         seeds: list[int] | None = None,
         generators: list[torch.Generator] | None = None,
         callback: ProgressCallback | None = None,
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        guidance: float = DEFAULT_GUIDANCE,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Several songs at once: segment k of every song that has one goes through the model together.
 
@@ -231,25 +297,17 @@ class Synthesizer:
         would alone, up to floating-point rounding (batched matrix products may round differently).
         Yields (song index, segment index, log-mel (256, 128)) as segments finish.
         """
+        sample, steps = self.sampler(sampler, steps, guidance)
         if generators is None:
             generators = [torch.Generator().manual_seed(s) for s in (seeds or [0] * len(songs))]
         if len(generators) != len(songs):
             raise ValueError("one seed or generator per song")
-        shape = (1, FRAMES_PER_SEGMENT, NUM_MEL_BINS)
-        with torch.inference_mode():
-            timesteps = self.schedule.timesteps(steps)
-            # Per-step FiLM conditioning depends on the step only: computed once, for every segment and song.
-            n = self.schedule.num_train_timesteps
-            films = [self.decoder.conditioning(torch.tensor([t], device=self.device) / n) for t in timesteps]
+        films = FilmCache(self.decoder, self.device)  # the same for every segment and song: computed once
         contexts: dict[int, torch.Tensor] = {}  # song -> its previous segment's log-mel (1, 256, 128)
         total = max((len(s) for s in songs), default=0)
         for k in range(total):
             active = [b for b, song in enumerate(songs) if k < len(song)]
-
-            def noise(active=active) -> torch.Tensor:  # one draw per song, each from its own generator
-                return torch.cat([torch.randn(shape, generator=generators[b]) for b in active]).to(
-                    self.device
-                )
+            streams = [generators[b] for b in active]
 
             def report(j: int, k=k) -> None:
                 if callback is not None:
@@ -257,15 +315,13 @@ class Synthesizer:
 
             with torch.inference_mode():
                 kvs, key_mask = self._encode([songs[b][k] for b in active], [contexts.get(b) for b in active])
-
-                def denoise(x: torch.Tensor, j: int, kvs=kvs, key_mask=key_mask) -> torch.Tensor:
-                    return self.decoder(x.to(self.dtype), films[j], kvs, key_mask)
-
-                x = sample_ddpm(denoise, noise(), self.schedule, timesteps, noise, report)
-                mel = scale_to_log_mel(x)
+                denoise = self._denoiser(kvs, key_mask, guidance, films)
+                start = randn((len(active), FRAMES_PER_SEGMENT, NUM_MEL_BINS), streams, self.device)
+                x = sample(denoise, start, steps, streams, callback=report)
+                mel = scale_to_log_mel(x.float())
             for i, b in enumerate(active):
                 contexts[b] = mel[i : i + 1]
-                yield b, k, mel[i].float().cpu().numpy()
+                yield b, k, mel[i].cpu().numpy()
 
     def _encode(self, tokens: list[list[int]], contexts: list[torch.Tensor | None]):
         """Cross-attention keys/values (per decoder layer) of a batch of segments, and the key mask.
@@ -289,33 +345,71 @@ class Synthesizer:
                                                            device=self.device)], 1)  # fmt: skip
         return self.decoder.cross_keys_values(encodings), key_mask
 
+    def _denoiser(self, kvs, key_mask, guidance: float, films: FilmCache) -> Denoiser:
+        """The samplers' denoise(z, t): the guided noise prediction for a batch of segments, z in the
+        sampler's precision, the network in its own."""
+
+        def denoise(z: torch.Tensor, t: float) -> torch.Tensor:
+            x = z.to(self.dtype)
+            if guidance == 1:
+                return self.decoder(x, films(t), kvs, key_mask)
+            both = self.decoder(x, films(t), kvs, key_mask, unconditional=True)
+            return guide(*both.chunk(2), guidance)
+
+        return denoise
+
+    def segment_denoiser(
+        self, tokens: list[int], context: np.ndarray | None = None, guidance: float = DEFAULT_GUIDANCE
+    ) -> Denoiser:
+        """What a sampler sees for one segment: denoise(z, t) for z (B, 256, 128), given its tokens and the
+        previous segment's log-mel (256, 128) as context (None for the first). For experiments with
+        samplers (bench/sampling_accuracy.py); rendering goes through iter_mel."""
+        previous = None if context is None else torch.as_tensor(context, device=self.device)[None]
+        with torch.inference_mode():
+            kvs, key_mask = self._encode([tokens], [previous])
+        denoise = self._denoiser(kvs, key_mask, guidance, FilmCache(self.decoder, self.device))
+
+        def batched(z: torch.Tensor, t: float) -> torch.Tensor:
+            with torch.inference_mode():  # one segment's encodings serve every row of z
+                return denoise(z, t) if z.shape[0] == 1 else torch.cat([denoise(r[None], t) for r in z])
+
+        return batched
+
     def generate_mel(
         self,
         segments: list[list[int]],
-        steps: int = 100,
+        steps: int | None = None,
         seed: int = 0,
         generator: torch.Generator | None = None,
         callback: ProgressCallback | None = None,
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        guidance: float = DEFAULT_GUIDANCE,
     ) -> np.ndarray:
         """All segments' log-mel spectrograms, concatenated: (256 * len(segments), 128) float32."""
-        mels = list(self.iter_mel(segments, steps, seed, generator, callback))
+        mels = list(
+            self.iter_mel(segments, steps, seed, generator, callback, sampler=sampler, guidance=guidance)
+        )
         return np.concatenate(mels, axis=0) if mels else np.zeros((0, NUM_MEL_BINS), np.float32)
 
     def render(
         self,
         midi: str | os.PathLike | bytes,
-        steps: int = 100,
+        steps: int | None = None,
         seed: int = 0,
         callback: ProgressCallback | None = None,
         *,
+        sampler: str = DEFAULT_SAMPLER,
+        guidance: float = DEFAULT_GUIDANCE,
         remap: Remap | None = None,
         start: float = 0.0,
         length: float | None = None,
     ) -> Rendering:
         """Render a MIDI file (path or bytes) to 16 kHz mono audio and its log-mel spectrogram.
 
-        remap: instrument changes (spectrosynth.remap.Remap); start/length: render only that part (seconds).
-        The audio is whole segments long (a multiple of 5.12 s), as the model produces it.
+        sampler, steps, guidance: how each segment is sampled (see iter_mel; the defaults are unipc, 20
+        steps, guidance 2); remap: instrument changes (spectrosynth.remap.Remap); start/length: render only
+        that part (seconds). The audio is whole segments long (a multiple of 5.12 s), as the model makes it.
         """
         from spectrosynth.midi import read_midi
         from spectrosynth.remap import apply_remap
@@ -323,13 +417,14 @@ class Synthesizer:
 
         if self.vocoder is None:
             raise SpectrosynthError("this synthesizer has no vocoder; use generate_mel for spectrograms only")
+        self.sampler(sampler, steps, guidance)  # a bad option fails before the MIDI file is read
         score = read_midi(midi if isinstance(midi, bytes) else Path(midi))
         if remap is not None:
             score, _ = apply_remap(score, remap)
         song = prepare(score, start=start, length=length)
         streamer, mels, audio = StreamingVocoder(self.vocoder), [], []
         for mel in self.iter_mel(
-            [s.tokens for s in song.segments], steps=steps, seed=seed, callback=callback
+            [s.tokens for s in song.segments], steps, seed, None, callback, sampler=sampler, guidance=guidance
         ):
             mels.append(mel)
             audio += streamer.feed(mel)  # the vocoder never sees the whole song at once

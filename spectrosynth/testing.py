@@ -9,8 +9,10 @@ but scaled so activations stay of order one through a full-depth model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -235,6 +237,43 @@ def write_checkpoint(
         del state
     write_vocoder(folder / MELGAN, seed=zlib.crc32(f"melgan-{seed}".encode()))
     return folder
+
+
+@dataclass(frozen=True)
+class GaussianData:
+    """Data whose every value is drawn from N(mean, std^2), for testing samplers against a known answer.
+
+    For such data the ideal noise predictor under the model's schedule is known in closed form, and so is the
+    exact solution of the sampling ODE. Guidance between two of them with the same std is a third one:
+    eps_u + w (eps_c - eps_u) is the predictor of mean w mean_c + (1 - w) mean_u.
+    """
+
+    mean: float
+    std: float
+
+    def eps(self, z: torch.Tensor, t: float) -> torch.Tensor:
+        """E[eps | z_t = z] = sigma (z - alpha mean) / (alpha^2 std^2 + sigma^2)."""
+        from spectrosynth.sampling.schedule import alpha_sigma
+
+        alpha, sigma = alpha_sigma(t)
+        return sigma * (z - alpha * self.mean) / (alpha**2 * self.std**2 + sigma**2)
+
+    def guided(self, uncond: GaussianData, weight: float) -> GaussianData:
+        """The data that guidance with weight w between this (conditional) and `uncond` samples."""
+        if uncond.std != self.std:
+            raise ValueError("guidance between Gaussians keeps this form only for the same std")
+        return GaussianData(weight * self.mean + (1 - weight) * uncond.mean, self.std)
+
+    def ode_solution(self, z: torch.Tensor, t_start: float, t_end: float = 0.0) -> torch.Tensor:
+        """Where the probability-flow ODE takes z from t_start: the data prediction at t_end along the exact
+        trajectory (at t_end = 0, the sample itself). Every trajectory keeps its standardized position
+        xi = (z_t - alpha_t mean) / sqrt(alpha_t^2 std^2 + sigma_t^2)."""
+        from spectrosynth.sampling.schedule import alpha_sigma
+
+        alpha, sigma = alpha_sigma(t_start)
+        xi = (z - alpha * self.mean) / math.sqrt(alpha**2 * self.std**2 + sigma**2)
+        alpha, sigma = alpha_sigma(t_end) if t_end > 0 else (1.0, 0.0)
+        return self.mean + self.std * xi * (alpha * self.std / math.sqrt(alpha**2 * self.std**2 + sigma**2))
 
 
 def main(argv: list[str] | None = None) -> None:

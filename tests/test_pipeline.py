@@ -167,9 +167,9 @@ def test_song_output_aborted_leaves_nothing(tmp_path, tiny_synth, waltz):
 def test_auto_dtype_follows_the_hardware(monkeypatch):
     from spectrosynth import pipeline
 
-    monkeypatch.setattr(pipeline, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(pipeline, "cpu_has_bfloat16_matrix_units", lambda: False)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(pipeline, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(pipeline, "cpu_has_bfloat16_matrix_units", lambda: True)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
 
 

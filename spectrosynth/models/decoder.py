@@ -75,10 +75,26 @@ class DecoderLayer(nn.Module):
         self.mlp_film = FiLM(4 * c.d_model, c.d_model)
         self.mlp = GatedGeluMLP(c.d_model, c.d_ff)
 
-    def forward(self, y, films: tuple[FilmParams, FilmParams], kv: KV, key_mask=None) -> torch.Tensor:
-        y = clamp_float16(y + self.self_attn(FiLM.apply(self.self_attn_norm(y), films[0])))
-        y = clamp_float16(y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask))
-        return clamp_float16(y + self.mlp(FiLM.apply(self.mlp_norm(y), films[1])))
+    def forward(
+        self, y, films: tuple[FilmParams, FilmParams], kv: KV, key_mask=None, conditioned: int | None = None
+    ) -> torch.Tensor:
+        """y (B, T, C). conditioned: only the first `conditioned` rows attend to the encodings; the others are
+        the unconditional branch, where cross-attention adds exactly 0 (see FilmDecoder.forward)."""
+        y = self.self_attention(y, films[0])
+        y = self.cross_attention(y, kv, key_mask, conditioned)
+        return self.feed_forward(y, films[1])
+
+    def self_attention(self, y: torch.Tensor, film: FilmParams) -> torch.Tensor:
+        return clamp_float16(y + self.self_attn(FiLM.apply(self.self_attn_norm(y), film)))
+
+    def cross_attention(self, y, kv: KV, key_mask=None, conditioned: int | None = None) -> torch.Tensor:
+        if conditioned is not None and conditioned < y.shape[0]:
+            head = self.cross_attention(y[:conditioned], kv, key_mask)
+            return torch.cat([head, y[conditioned:]])
+        return clamp_float16(y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask))
+
+    def feed_forward(self, y: torch.Tensor, film: FilmParams) -> torch.Tensor:
+        return clamp_float16(y + self.mlp(FiLM.apply(self.mlp_norm(y), film)))
 
 
 class FilmDecoder(nn.Module):
@@ -121,14 +137,27 @@ class FilmDecoder(nn.Module):
         films: list[tuple[FilmParams, FilmParams]],
         kvs: list[KV],
         key_mask: torch.Tensor | None = None,
+        unconditional: bool = False,
     ) -> torch.Tensor:
         """x (B, 256, 128) noisy features in [-1, 1] -> predicted noise (B, 256, 128).
 
         films from `conditioning`, kvs from `cross_keys_values`; key_mask (B, S) bool only if S is padded.
+
+        unconditional: also predict without conditioning, for classifier-free guidance; returns
+        (2B, 256, 128), the conditional predictions then the unconditional ones. The model was trained with
+        both encodings zeroed 10 % of the time; zeroed encodings give zero keys and values (no biases), so
+        cross-attention adds exactly 0 to those rows whatever the mask: they skip it. Until the first
+        cross-attention both branches are the same, so the first self-attention is computed once.
         """
+        b = x.shape[0]
         y = self.input_proj(x) + self.position_embedding.weight[: x.shape[1]]
-        for layer, film, kv in zip(self.layers, films, kvs, strict=True):
-            y = layer(y, film, kv, key_mask)
+        for i, (layer, film, kv) in enumerate(zip(self.layers, films, kvs, strict=True)):
+            if unconditional and i == 0:
+                y = layer.self_attention(y, film[0])
+                y = layer.cross_attention(torch.cat([y, y]), kv, key_mask, conditioned=b)
+                y = layer.feed_forward(y, film[1])
+            else:
+                y = layer(y, film, kv, key_mask, conditioned=b if unconditional else None)
         return self.output_proj(self.final_norm(y))
 
 

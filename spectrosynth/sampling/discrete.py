@@ -1,4 +1,4 @@
-"""DDPM ancestral sampling as configured in the published `scheduler_config.json`.
+"""The `diffusers` sampler: DDPM as diffusers' port runs the model, from the published scheduler config.
 
 Equivalent to diffusers' `DDPMScheduler` with beta_schedule="squaredcos_cap_v2", variance_type="fixed_large",
 clip_sample=True (range 1), prediction_type="epsilon" and timestep_spacing="leading", in the same float32
@@ -6,15 +6,22 @@ arithmetic, and drawing its noise in the same order, so a seed gives the referen
 
 Ho et al. (2020), "Denoising Diffusion Probabilistic Models", Algorithm 2; the cosine schedule is from
 Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", eq. 17.
+
+This is not how the model was trained or first sampled (sampler `ddpm` is): the discrete betas carry a 0.008
+offset the training schedule does not have, the network is told t = k / 1000 where the sample is noisier,
+and "leading" spacing starts short of pure noise (at k = 990 for 100 steps). It is kept, bit for bit, so
+that spectrosynth can reproduce diffusers' SpectrogramDiffusionPipeline for the same weights and seed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from spectrosynth.sampling.base import Denoiser, Generators, StepCallback, randn_like, report
 
 SUPPORTED = {
     "beta_schedule": "squaredcos_cap_v2",
@@ -33,6 +40,12 @@ class DDPMSchedule:
     @property
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
+
+    @classmethod
+    @functools.cache
+    def published(cls) -> DDPMSchedule:
+        """The schedule of google/music-spectrogram-diffusion's scheduler_config.json."""
+        return cls(cosine_alphas_cumprod(1000))
 
     @classmethod
     def from_config(cls, config: dict) -> DDPMSchedule:
@@ -94,26 +107,26 @@ def ddpm_step(
     return mean
 
 
-Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def sample_ddpm(
+def sample_diffusers(
     denoise: Denoiser,
     x: torch.Tensor,
-    schedule: DDPMSchedule,
-    timesteps: list[int],
-    draw_noise: Callable[[], torch.Tensor],
-    callback: Callable[[int], None] | None = None,
+    steps: int,
+    generator: Generators | None = None,
+    *,
+    callback: StepCallback | None = None,
+    schedule: DDPMSchedule | None = None,
 ) -> torch.Tensor:
-    """Run the reverse chain from x (pure noise) over `timesteps` (descending).
+    """diffusers' DDPMScheduler loop over `steps` "leading" timesteps k, the network fed k / 1000, in float32.
 
-    denoise(x, i) predicts the noise at step i (timestep timesteps[i]); draw_noise() gives the step noise,
-    called once per step with t > 0, after the denoiser, in the reference's order. Returns x_0.
+    Draws one noise per step with k > 0, after that step's network evaluation (diffusers' order). With
+    guidance 1 and the same seed this reproduces SpectrogramDiffusionPipeline. Returns x0 (float32).
     """
+    schedule = schedule or DDPMSchedule.published()
+    timesteps = schedule.timesteps(steps)
+    x = x.float()
     for i, t in enumerate(timesteps):
-        eps = denoise(x, i).float()
+        eps = denoise(x, t / schedule.num_train_timesteps).float()
         prev_t = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        x = ddpm_step(schedule, eps, t, prev_t, x, draw_noise() if t > 0 else None)
-        if callback is not None:
-            callback(i)
+        x = ddpm_step(schedule, eps, t, prev_t, x, randn_like(x, generator) if t > 0 else None)
+        report(callback, i)
     return x
