@@ -97,6 +97,66 @@ def test_mel_out_matches_the_audio(tmp_path, waltz, model_args):
     assert np.log(1e-5) - 1e-4 <= spectrogram.min() and spectrogram.max() <= 4.0 + 1e-4
 
 
+# --------------------------------------------------------------------------------------------------------
+# Samplers and guidance
+
+
+def _api_mel(tiny_synth, midi, duration, **options):
+    from spectrosynth.midi import read_midi
+    from spectrosynth.tokens import prepare
+
+    song = prepare(read_midi(midi), length=duration)
+    return tiny_synth.generate_mel([s.tokens for s in song.segments], seed=0, **options)
+
+
+@pytest.mark.parametrize(
+    "args,options",
+    [
+        ([], {}),  # the defaults: unipc, 20 steps, guidance 2
+        (["--sampler", "diffusers", "--guidance", "1", "--steps", "3"],
+         {"sampler": "diffusers", "guidance": 1.0, "steps": 3}),
+        (["--sampler", "ddpm", "--steps", "4", "-g", "5"], {"sampler": "ddpm", "guidance": 5.0, "steps": 4}),
+        (["--sampler", "dpmpp-2m-sde", "--steps", "3"], {"sampler": "dpmpp-2m-sde", "steps": 3}),
+    ],
+)  # fmt: skip
+def test_sampler_options_reach_the_engine(tmp_path, tiny_model, tiny_synth, waltz, args, options):
+    out, mel = tmp_path / "a.wav", tmp_path / "a.npy"
+    result = render(waltz, out, "--model", tiny_model, "--device", "cpu", "--dtype", "float32",
+                    "--duration", "3", "--mel-out", mel, *args)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    expected = _api_mel(tiny_synth, waltz, 3.0, **options)
+    np.testing.assert_array_equal(np.load(mel), expected[: len(np.load(mel))])
+
+
+def test_batch_takes_the_sampler_options(tmp_path, tiny_model, tiny_synth, waltz):
+    (tmp_path / "in").mkdir()
+    shutil.copy(waltz, tmp_path / "in" / "a.mid")
+    args = ["--model", tiny_model, "--device", "cpu", "--dtype", "float32", "--duration", "3", "--save-mel"]
+    result = batch(tmp_path / "in", tmp_path / "out", *args, "--sampler", "ddim", "--steps", "3", "-g", "3")
+    assert result.exit_code == 0, result.output
+    saved = np.load(tmp_path / "out" / "a.npy")
+    expected = _api_mel(tiny_synth, waltz, 3.0, sampler="ddim", steps=3, guidance=3.0)
+    np.testing.assert_allclose(saved, expected[: len(saved)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--sampler", "euler"], 2, "'euler' is not one of"),
+        (["--guidance", "-1"], 2, "--guidance"),
+        (["--steps", "20000"], 2, "--steps"),
+        (["--sampler", "diffusers", "--steps", "1001"], 1, "the diffusers sampler takes at most 1000 steps"),
+    ],
+)
+def test_bad_sampler_options_are_one_line_errors(tmp_path, waltz, tiny_model, args, code, message):
+    for command in (render, batch):
+        target = tmp_path / ("a.wav" if command is render else "out")
+        result = command(waltz if command is render else tmp_path, target, "--model", tiny_model, *args)
+        assert result.exit_code == code, result.output
+        assert message in result.stderr and result.stderr.count("\n") == 1
+        assert not target.exists()
+
+
 def test_preview_window_from_the_middle(tmp_path, waltz, model_args):
     out = tmp_path / "a.wav"
     assert render(waltz, out, *model_args, "--start", "90", "--duration", "20").exit_code == 0

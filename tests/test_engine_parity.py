@@ -1,7 +1,9 @@
 """The engine against the reference (diffusers 0.32.2 + transformers 4.45.2) on identical random weights.
 
-Module outputs within 1e-4 (float32), whole-pipeline spectrograms within 1e-3 for the same seed, and a
-checkpoint written by diffusers' own save_pretrained loads without any renaming.
+Module outputs within 1e-4 (float32), whole-pipeline spectrograms within 1e-3 for the same seed (sampler
+`diffusers`: without guidance against the reference pipeline itself, with guidance against the reference
+decoder driven by the same classifier-free guidance formula), and a checkpoint written by diffusers' own
+save_pretrained loads without any renaming.
 """
 
 import shutil
@@ -110,15 +112,32 @@ def _reference_pipeline(folder) -> SpectrogramDiffusionPipeline:
     return pipe
 
 
-def _compare_pipelines(folder, midi, segments: int, steps: int, seed: int = 7):
+def _guided(pipe: SpectrogramDiffusionPipeline, weight: float) -> None:
+    """Make the reference pipeline guide its decoder: eps_u + w (eps_c - eps_u), the unconditional
+    prediction from zeroed encodings with all-ones masks (the original zeroes both conditions)."""
+    decode = pipe.decode
+
+    def guided_decode(encodings_and_masks, input_tokens, noise_time):
+        cond = decode(encodings_and_masks, input_tokens, noise_time)
+        zeroed = [(e * 0, torch.ones_like(m)) for e, m in encodings_and_masks]
+        uncond = decode(zeroed, input_tokens, noise_time)
+        return uncond + weight * (cond - uncond)
+
+    pipe.decode = guided_decode
+
+
+def _compare_pipelines(folder, midi, segments: int, steps: int, seed: int = 7, guidance: float = 1.0):
     tokens = MidiProcessor()(str(midi))[:segments]
     pipe = _reference_pipeline(folder)
+    if guidance != 1:
+        _guided(pipe, guidance)
     expected = pipe(tokens, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
                     output_type="mel").audios[0]  # fmt: skip
     synth = Synthesizer.from_pretrained(folder, device="cpu", dtype="float32")
     ours = synth.generate_mel(
-        [s.tokens for s in tokenize(read_midi(midi))][:segments], steps=steps, seed=seed
-    )
+        [s.tokens for s in tokenize(read_midi(midi))][:segments], steps=steps, seed=seed,
+        sampler="diffusers", guidance=guidance,
+    )  # fmt: skip
     return pipe, synth, expected, ours
 
 
@@ -129,6 +148,44 @@ def test_whole_pipeline_matches_for_the_same_seed(tiny_model, complex_midi):
     # The vocoder on the same spectrogram gives the reference's audio.
     audio = pipe.melgan(input_features=expected[None].astype(np.float32))[0][0]
     np.testing.assert_allclose(synth.vocoder(expected), audio, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("guidance", [2.0, 5.0])
+def test_guided_diffusers_sampler_matches_the_reference_decoder_with_guidance(
+    tiny_model, complex_midi, guidance
+):
+    _, _, expected, ours = _compare_pipelines(
+        tiny_model, complex_midi, segments=3, steps=20, guidance=guidance
+    )
+    assert ours.shape == expected.shape == (3 * 256, 128)
+    assert np.abs(ours - expected).max() <= 1e-3
+    # Guidance changes the result: the comparison is not between two unguided renders.
+    _, _, unguided, _ = _compare_pipelines(tiny_model, complex_midi, segments=3, steps=20)
+    assert np.abs(expected - unguided).max() > 0.1
+
+
+@torch.no_grad()
+def test_unconditional_pass_matches_the_reference_decoder_on_zeroed_encodings(module_pairs):
+    """Our unconditional rows (no cross-attention) equal the reference decoder fed zeroed encodings with
+    all-ones masks; all-zero masks give the same in float32, but NaN in float16 (why ours skips instead)."""
+    ref, ours = module_pairs["decoder"]
+    d = ours.config.d_model
+    g = torch.Generator().manual_seed(4)
+    notes, context = torch.randn(1, 300, d, generator=g), torch.randn(1, 256, d, generator=g)
+    x, noise_time = torch.randn(1, 256, 128, generator=g), torch.tensor([0.37])
+    ones = [torch.ones(1, 300, dtype=torch.bool), torch.ones(1, 256, dtype=torch.bool)]
+    expected = ref([(notes * 0, ones[0]), (context * 0, ones[1])], x, noise_time)
+    both = ours(x, ours.conditioning(noise_time), ours.cross_keys_values(torch.cat([notes, context], 1)),
+                unconditional=True)  # fmt: skip
+    assert _max_diff(both[1:], expected) <= 1e-4
+    zero_masks = ref([(notes * 0, ~ones[0]), (context * 0, ~ones[1])], x, noise_time)
+    assert torch.equal(zero_masks, expected)
+    half = ref.half()
+    try:
+        nan = half([(notes.half() * 0, ~ones[0]), (context.half() * 0, ~ones[1])], x.half(), noise_time)
+    finally:
+        ref.float()
+    assert torch.isnan(nan).any()
 
 
 @pytest.mark.slow

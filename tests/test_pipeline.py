@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spectrosynth import Synthesizer
-from spectrosynth.constants import FRAMES_PER_SEGMENT, SAMPLE_RATE, SAMPLES_PER_SEGMENT
+from spectrosynth.constants import FRAMES_PER_SEGMENT, SAMPLE_RATE, SAMPLER_STEPS, SAMPLES_PER_SEGMENT
 from spectrosynth.errors import SpectrosynthError
 from spectrosynth.midi import read_midi
 from spectrosynth.pipeline import Progress, resolve_device, resolve_dtype, scale_features, scale_to_log_mel
@@ -91,20 +91,91 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         Synthesizer.from_pretrained(tmp_path / "nope", device="cpu")
 
 
-def test_stacked_songs_render_as_they_would_alone(tiny_synth, complex_midi, waltz):
+@pytest.mark.parametrize(
+    "sampler,guidance,precision,tolerance",
+    [("diffusers", 1.0, torch.float32, 1e-4), ("diffusers", 2.0, torch.float32, 1e-4),
+     ("unipc", 2.0, torch.float64, 1e-5), ("dpmpp-2m-sde", 2.0, torch.float64, 1e-5)],
+)  # fmt: skip
+def test_stacked_songs_render_as_they_would_alone(
+    tiny_model, complex_midi, waltz, sampler, guidance, precision, tolerance
+):
+    """Stacked or alone, a song gets the same spectrogram. Solvers that start at pure noise divide the
+    network's first prediction by alpha = 0.006, which turns float32 rounding differences between batch
+    sizes into visible ones on a random network: those are checked in float64."""
+    own = Synthesizer.from_pretrained(tiny_model, device="cpu", dtype="float32")  # modules of its own
+    synth = Synthesizer(own.notes_encoder, own.context_encoder, own.decoder, own.schedule, own.vocoder,
+                        "cpu", precision)  # fmt: skip
     songs = [
         [s.tokens for s in tokenize(read_midi(complex_midi))][:3],  # token lists of different lengths
         [s.tokens for s in tokenize(read_midi(waltz))][:5],  # more segments than the others
         [s.tokens for s in tokenize(read_midi(complex_midi))][10:12],
     ]
-    seeds = [0, 1, 2]
+    seeds, options = [0, 1, 2], {"sampler": sampler, "guidance": guidance}
     stacked = {}
-    for song, k, mel in tiny_synth.iter_mel_batch(songs, steps=3, seeds=seeds):
+    for song, k, mel in synth.iter_mel_batch(songs, steps=3, seeds=seeds, **options):
         assert k == len(stacked.setdefault(song, []))  # each song's segments arrive in order
         stacked[song].append(mel)
     for b, song in enumerate(songs):
-        alone = tiny_synth.generate_mel(song, steps=3, seed=seeds[b])
-        np.testing.assert_allclose(np.concatenate(stacked[b]), alone, atol=1e-4, rtol=0)
+        alone = synth.generate_mel(song, steps=3, seed=seeds[b], **options)
+        np.testing.assert_allclose(np.concatenate(stacked[b]), alone, atol=tolerance, rtol=0)
+
+
+def _decoder_calls(synth):
+    """Record each decoder call's batch size and whether it had the unconditional branch."""
+    calls = []
+
+    def hook(module, args, kwargs, output):
+        calls.append((args[0].shape[0], kwargs.get("unconditional", False), output.shape[0]))
+
+    return calls, synth.decoder.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_defaults_are_unipc_20_steps_guided(tiny_synth):
+    events = []
+    calls, handle = _decoder_calls(tiny_synth)
+    try:
+        mel = tiny_synth.generate_mel([[1135, 1064, 1134, 1], [1134, 1]], callback=events.append)
+    finally:
+        handle.remove()
+    assert mel.shape == (512, 128)
+    assert [e.steps for e in events] == [20] * 40 and events[-1].fraction == 1.0
+    assert calls == [(1, True, 2)] * 40  # one decoder call per step: both branches batched
+
+
+def test_guidance_1_is_one_pass_per_step_and_changes_the_result(tiny_synth):
+    tokens = [[1135, 1064, 1134, 53, 1133, 1067, 1]]
+    calls, handle = _decoder_calls(tiny_synth)
+    try:
+        unguided = tiny_synth.generate_mel(tokens, steps=5, guidance=1.0)
+    finally:
+        handle.remove()
+    assert calls == [(1, False, 1)] * 5
+    guided = tiny_synth.generate_mel(tokens, steps=5)
+    assert np.abs(guided - unguided).max() > 0.1
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLER_STEPS))
+def test_every_sampler_renders_through_the_api(tiny_synth, waltz, sampler):
+    result = tiny_synth.render(waltz, steps=4, seed=1, sampler=sampler, length=6.0)
+    assert result.mel.shape == (512, 128) and np.isfinite(result.audio).all()
+    assert result.mel.min() >= np.log(1e-5) - 1e-5 and result.mel.max() <= 4.0 + 1e-5
+    again = tiny_synth.render(waltz, steps=4, seed=1, sampler=sampler, length=6.0)
+    np.testing.assert_array_equal(result.mel, again.mel)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"sampler": "euler"}, "unknown sampler 'euler'; use one of unipc, dpmpp-2m"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"guidance": -1.0}, "guidance must be a number >= 0"),
+        ({"guidance": float("nan")}, "guidance must be a number >= 0"),
+        ({"sampler": "diffusers", "steps": 1001}, "takes at most 1000 steps"),
+    ],
+)
+def test_bad_sampling_options_are_clear_errors(tiny_synth, waltz, options, message):
+    with pytest.raises(SpectrosynthError, match=message.replace("(", r"\(")):
+        tiny_synth.render(waltz, length=3.0, **options)
 
 
 @pytest.mark.parametrize("chunk,context,piece", [(256, 64, 256), (256, 8, 100), (100, 3, 777)])
