@@ -134,8 +134,10 @@ def grid_table(problems, steps=(10, 20, 40)) -> None:
                     cells = []
                     for p in problems:
                         errs = [
-                            p.error(SAMPLERS[name](p.denoise, p.x, n, grid=grid, t_start=t_start,
-                                                   t_end=t_end), t_start)  # fmt: skip
+                            p.error(
+                                SAMPLERS[name](p.denoise, p.x, n, grid=grid, t_start=t_start, t_end=t_end),
+                                t_start,
+                            )  # fmt: skip
                             for n in steps
                         ]
                         cells.append(" / ".join(f"{e:.1e}" for e in errs))
@@ -144,7 +146,9 @@ def grid_table(problems, steps=(10, 20, 40)) -> None:
 
 
 def sampler_table(problems, steps=(5, 8, 10, 15, 20, 25, 30, 40, 50, 80)) -> None:
-    print(f"\n## Samplers on the default grid ({DEFAULT_GRID}, t {T_START:.4f} -> {T_END:g}): RMSE by steps\n")
+    print(
+        f"\n## Samplers on the default grid ({DEFAULT_GRID}, t {T_START:.4f} -> {T_END:g}): RMSE by steps\n"
+    )
     header = ["problem", "sampler", *map(str, steps)]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for p in problems:
@@ -162,8 +166,9 @@ def stochastic_table(steps=(20, 50, 100, 200, 1000), samples=200_000) -> None:
     values = (target.mean + target.std * x).clamp(-1, 1)
     mean = (values * density).sum().item()
     std = math.sqrt(((values - mean) ** 2 * density).sum().item())
-    print(f"\n## Stochastic samplers: {samples} samples of the guided Gaussian (mean {mean:.4f}, std "
-          f"{std:.4f} after clipping); standard error of the mean {std / math.sqrt(samples):.1e}\n")  # fmt: skip
+    error = std / math.sqrt(samples)
+    print(f"\n## Stochastic samplers: {samples} samples of the guided Gaussian (mean {mean:.4f}, "
+          f"std {std:.4f} after clipping); standard error of the mean {error:.1e}\n")  # fmt: skip
     print("| sampler | steps | mean error | std error |\n|---|---|---|---|")
     for name in ("dpmpp-2m-sde", "ddpm"):
         for n in steps:

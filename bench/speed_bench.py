@@ -3,6 +3,8 @@
 Builds a random checkpoint in the published base configuration (411.7 M parameters, the same shapes and
 arithmetic as google/music-spectrogram-diffusion), then renders the first segments of the same real
 multi-track MIDI file with spectrosynth and with diffusers, for each precision, each run in its own process.
+spectrosynth uses `--sampler diffusers --guidance 1`, diffusers' own sampler, so both do the same work; the
+default sampler's speed is measured by bench/sampler_speed.py.
 Per run it reports:
 
 - per-step time: the median time of one decoder call;
@@ -74,7 +76,8 @@ def worker(args) -> dict:
         loaded = time.perf_counter()
         timer = DecoderTimer(synth.decoder)
         mels = []
-        for mel in synth.iter_mel(tokens, steps=args.steps, seed=0):
+        # The reference's own sampler, unguided: the same work per step on both sides.
+        for mel in synth.iter_mel(tokens, steps=args.steps, seed=0, sampler="diffusers", guidance=1.0):
             segment_ends.append(time.perf_counter())
             mels.append(mel)
         mel = np.concatenate(mels)

@@ -2,7 +2,7 @@
 
     from spectrosynth import Synthesizer
     synth = Synthesizer.from_pretrained()          # google/music-spectrogram-diffusion, or a local folder
-    result = synth.render("song.mid", steps=100, seed=0)
+    result = synth.render("song.mid", seed=0)      # sampler="unipc", steps=20, guidance=2.0
     result.audio, result.sample_rate, result.mel
 
 Heavy modules load on first use, so `import spectrosynth` stays cheap.

@@ -30,6 +30,7 @@ from spectrosynth.sampling.base import (
     STATE_DTYPE,
     Denoiser,
     Generators,
+    Sampler,
     StepCallback,
     predict_x0,
     randn_like,
@@ -102,55 +103,40 @@ def _dpm_solver_pp(
     return d
 
 
-def sample_ddim(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    generator: Generators | None = None,
-    *,
-    callback: StepCallback | None = None,
-    clip: bool = True,
-    grid: str = DEFAULT_GRID,
-    t_start: float = T_START,
-    t_end: float = T_END,
-) -> torch.Tensor:
-    """DDIM (deterministic, first order). The generator is not used."""
-    return _dpm_solver_pp(denoise, x, steps, generator, order=1, stochastic=False, callback=callback,
-                          clip=clip, grid=grid, t_start=t_start, t_end=t_end)  # fmt: skip
+def _dpm_solver_pp_sampler(name: str, order: int, stochastic: bool, doc: str) -> Sampler:
+    """One of the DPM-Solver++ family, as a sampler with the common signature."""
+
+    def sample(
+        denoise: Denoiser,
+        x: torch.Tensor,
+        steps: int,
+        generator: Generators | None = None,
+        *,
+        callback: StepCallback | None = None,
+        clip: bool = True,
+        grid: str = DEFAULT_GRID,
+        t_start: float = T_START,
+        t_end: float = T_END,
+    ) -> torch.Tensor:
+        options = {"clip": clip, "grid": grid, "t_start": t_start, "t_end": t_end}
+        return _dpm_solver_pp(
+            denoise, x, steps, generator, order=order, stochastic=stochastic, callback=callback, **options
+        )
+
+    sample.__name__ = sample.__qualname__ = name
+    sample.__doc__ = doc
+    return sample
 
 
-def sample_dpmpp_2m(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    generator: Generators | None = None,
-    *,
-    callback: StepCallback | None = None,
-    clip: bool = True,
-    grid: str = DEFAULT_GRID,
-    t_start: float = T_START,
-    t_end: float = T_END,
-) -> torch.Tensor:
-    """DPM-Solver++(2M) (deterministic, second order). The generator is not used."""
-    return _dpm_solver_pp(denoise, x, steps, generator, order=2, stochastic=False, callback=callback,
-                          clip=clip, grid=grid, t_start=t_start, t_end=t_end)  # fmt: skip
-
-
-def sample_dpmpp_2m_sde(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    generator: Generators | None = None,
-    *,
-    callback: StepCallback | None = None,
-    clip: bool = True,
-    grid: str = DEFAULT_GRID,
-    t_start: float = T_START,
-    t_end: float = T_END,
-) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M): stochastic, draws one noise per step except the last."""
-    return _dpm_solver_pp(denoise, x, steps, generator, order=2, stochastic=True, callback=callback,
-                          clip=clip, grid=grid, t_start=t_start, t_end=t_end)  # fmt: skip
+sample_ddim = _dpm_solver_pp_sampler(
+    "sample_ddim", 1, False, "DDIM (deterministic, first order). The generator is not used."
+)
+sample_dpmpp_2m = _dpm_solver_pp_sampler(
+    "sample_dpmpp_2m", 2, False, "DPM-Solver++(2M) (deterministic, second order). The generator is not used."
+)
+sample_dpmpp_2m_sde = _dpm_solver_pp_sampler(
+    "sample_dpmpp_2m_sde", 2, True, "SDE-DPM-Solver++(2M): stochastic, draws one noise per step but the last."
+)
 
 
 def sample_unipc(
