@@ -21,6 +21,7 @@ t = 0 is first order, as in the original sampler's last step. With h_i = lambda_
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -66,21 +67,16 @@ def _points(steps: int, grid: str, t_start: float, t_end: float) -> list[_Point]
 
 def _dpm_solver_pp(
     denoise: Denoiser,
-    x: torch.Tensor,
-    steps: int,
+    z: torch.Tensor,
+    points: list[_Point],
     generator: Generators | None,
+    callback: StepCallback | None,
+    clip: bool,
     *,
     order: int,
     stochastic: bool,
-    callback: StepCallback | None,
-    clip: bool,
-    grid: str,
-    t_start: float,
-    t_end: float,
 ) -> torch.Tensor:
     """DPM-Solver++ multistep, first or second order, as an ODE or an SDE solver."""
-    points = _points(steps, grid, t_start, t_end)
-    z = x.to(STATE_DTYPE)
     previous: tuple[torch.Tensor, float] | None = None  # (D_{i-1}, h_{i-1})
     for i, p in enumerate(points):
         d = predict_x0(z, denoise(z, p.t), p.logsnr, clip)
@@ -103,8 +99,31 @@ def _dpm_solver_pp(
     return d
 
 
-def _dpm_solver_pp_sampler(name: str, order: int, stochastic: bool, doc: str) -> Sampler:
-    """One of the DPM-Solver++ family, as a sampler with the common signature."""
+def _unipc(
+    denoise: Denoiser,
+    z: torch.Tensor,
+    points: list[_Point],
+    generator: Generators | None,
+    callback: StepCallback | None,
+    clip: bool,
+) -> torch.Tensor:
+    """UniPC-2 (bh2): predictor DPM-Solver++(2M), corrector UniC of the same order."""
+    history: list[torch.Tensor] = []  # the last one or two data predictions: the predictor's order
+    start = z  # where the last predictor started (after its own correction)
+    for i, p in enumerate(points):
+        d = predict_x0(z, denoise(z, p.t), p.logsnr, clip)
+        if i + 1 < len(points):
+            if history:  # UniC on z_i with D_i; on the last point it would change nothing
+                z = _unipc_update(start, points[i - len(history) : i + 1], history, d)
+            history = [*history[-1:], d]
+            start = z
+            z = _unipc_update(z, points[i + 1 - len(history) : i + 2], history)
+        report(callback, i)
+    return d
+
+
+def _solver(name: str, core, doc: str) -> Sampler:
+    """A solver as a sampler with the common signature, plus its grid options (clip, grid, end points)."""
 
     def sample(
         denoise: Denoiser,
@@ -118,54 +137,35 @@ def _dpm_solver_pp_sampler(name: str, order: int, stochastic: bool, doc: str) ->
         t_start: float = T_START,
         t_end: float = T_END,
     ) -> torch.Tensor:
-        options = {"clip": clip, "grid": grid, "t_start": t_start, "t_end": t_end}
-        return _dpm_solver_pp(
-            denoise, x, steps, generator, order=order, stochastic=stochastic, callback=callback, **options
-        )
+        points = _points(steps, grid, t_start, t_end)
+        return core(denoise, x.to(STATE_DTYPE), points, generator, callback, clip)
 
     sample.__name__ = sample.__qualname__ = name
     sample.__doc__ = doc
     return sample
 
 
-sample_ddim = _dpm_solver_pp_sampler(
-    "sample_ddim", 1, False, "DDIM (deterministic, first order). The generator is not used."
+sample_ddim = _solver(
+    "sample_ddim",
+    functools.partial(_dpm_solver_pp, order=1, stochastic=False),
+    "DDIM (deterministic, first order). The generator is not used.",
 )
-sample_dpmpp_2m = _dpm_solver_pp_sampler(
-    "sample_dpmpp_2m", 2, False, "DPM-Solver++(2M) (deterministic, second order). The generator is not used."
+sample_dpmpp_2m = _solver(
+    "sample_dpmpp_2m",
+    functools.partial(_dpm_solver_pp, order=2, stochastic=False),
+    "DPM-Solver++(2M) (deterministic, second order). The generator is not used.",
 )
-sample_dpmpp_2m_sde = _dpm_solver_pp_sampler(
-    "sample_dpmpp_2m_sde", 2, True, "SDE-DPM-Solver++(2M): stochastic, draws one noise per step but the last."
+sample_dpmpp_2m_sde = _solver(
+    "sample_dpmpp_2m_sde",
+    functools.partial(_dpm_solver_pp, order=2, stochastic=True),
+    "SDE-DPM-Solver++(2M): stochastic, draws one noise per step but the last.",
 )
-
-
-def sample_unipc(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    generator: Generators | None = None,
-    *,
-    callback: StepCallback | None = None,
-    clip: bool = True,
-    grid: str = DEFAULT_GRID,
-    t_start: float = T_START,
-    t_end: float = T_END,
-) -> torch.Tensor:
-    """UniPC-2 (bh2): predictor DPM-Solver++(2M), corrector UniC of the same order. Deterministic."""
-    points = _points(steps, grid, t_start, t_end)
-    z = x.to(STATE_DTYPE)
-    history: list[torch.Tensor] = []  # the last one or two data predictions: the predictor's order
-    start = z  # where the last predictor started (after its own correction)
-    for i, p in enumerate(points):
-        d = predict_x0(z, denoise(z, p.t), p.logsnr, clip)
-        if i + 1 < len(points):
-            if history:  # UniC on z_i with D_i; on the last point it would change nothing
-                z = _unipc_update(start, points[i - len(history) : i + 1], history, d)
-            history = [*history[-1:], d]
-            start = z
-            z = _unipc_update(z, points[i + 1 - len(history) : i + 2], history)
-        report(callback, i)
-    return d
+sample_unipc = _solver(
+    "sample_unipc",
+    _unipc,
+    "UniPC-2 (bh2): predictor DPM-Solver++(2M), corrector UniC of the same order. Deterministic; the "
+    "generator is not used.",
+)
 
 
 def _unipc_update(
