@@ -513,12 +513,19 @@ def _unwritable(folder: str, reason: str) -> str:
     return f"cannot write to folder {folder} ({reason}); choose another output path or fix its permissions"
 
 
+#: Written into every temporary's name when set (``.NAME.<tag>.<random>.part``): batch rendering sets it to
+#: its writer's identity, so that the temporaries of a writer that died can be told from those of one still
+#: running (spectrosynth.batch.writers).
+PART_TAG: str | None = None
+
+
 def _create_part(target: str) -> tuple[int, str]:
-    """Create the hidden temporary ``.NAME.<random>.part`` next to `target` (mode 0666 minus umask)."""
+    """Create the hidden temporary ``.NAME.[TAG.]<random>.part`` next to `target` (mode 0666 minus umask)."""
     folder, name = os.path.split(os.path.abspath(target))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    tag = f"{PART_TAG}." if PART_TAG else ""
     for _ in range(100):
-        part = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(4)}.part")
+        part = os.path.join(folder, f".{name[:200]}.{tag}{secrets.token_hex(4)}.part")
         try:
             return os.open(part, flags, 0o666), part
         except FileExistsError:

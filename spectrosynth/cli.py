@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -433,28 +433,6 @@ class ModelLoader:
         return self._synth
 
 
-def _warn_dense(song, label: str, quiet: bool) -> None:
-    for s in song.segments:
-        if s.dropped_tokens:
-            _note(
-                f"warning: {label}: segment {s.index} ({s.start:.2f}-{s.end:.2f} s) is too dense for the "
-                f"model (over 2048 tokens); its events from {s.dropped_from:.2f} s on are left out",
-                quiet,
-            )
-
-
-def _warn_short_tail(song, settings, label: str, quiet: bool) -> None:
-    from spectrosynth.constants import SAMPLE_RATE
-
-    kept = settings.samples(song) / SAMPLE_RATE - song.duration
-    if settings.trim and kept < settings.tail - 1e-3:
-        _note(
-            f"{label}: the last note ends {kept:.2f} s before the end of the last 5.12 s segment, so the "
-            f"tail is {kept:.2f} s, not {settings.tail:g} s",
-            quiet,
-        )
-
-
 def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
     if summary.notice:
         _note(f"{label}: {summary.notice}", quiet)
@@ -494,8 +472,6 @@ def _render_song(
     from spectrosynth.outputs import SongOutput
     from spectrosynth.progress import RenderProgress
 
-    _warn_dense(song, label, quiet)
-    _warn_short_tail(song, settings, label, quiet)
     synth = loader.get()
     began = time.monotonic()
     mel_path = None if mel_out is None else str(mel_out)
@@ -576,43 +552,16 @@ def render_command(
         check_output(str(mel_out), force)
     remap = _remap(program, track, mute, no_drums)
     loader = ModelLoader(model, revision, device, dtype, quiet)
-    song = _prepare(_read_score(midi), remap, start, duration, quiet)
+    from spectrosynth.songs import prepare_song
+
     label = "<stdin>" if midi == "-" else Path(midi).name
+    song, notices = prepare_song(_read_score(midi), remap, start, duration, settings, label)
+    for notice in notices:
+        _note(notice, quiet)
     _render_song(
         song, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
         label=label, mel_out=mel_out,
     )  # fmt: skip
-
-
-def _prepare(score, remap, start: float, duration: float | None, quiet: bool, label: str | None = None):
-    """Instrument changes, then the preview window and the model's segments."""
-    from spectrosynth.tokens import prepare
-
-    if not remap.is_identity():
-        from spectrosynth.remap import apply_remap
-
-        score, notices = apply_remap(score, remap)
-        for notice in notices:
-            _note(f"{label}: {notice}" if label else notice, quiet)
-    song = prepare(score, start=start, length=duration)
-    if song.silent:
-        _note(f"{label + ': ' if label else ''}no notes left to play: the output is silence", quiet)
-    return song
-
-
-MIDI_SUFFIXES = (".mid", ".midi")
-
-
-def find_midi_files(folder: Path) -> list[Path]:
-    """Every .mid/.midi file below `folder` (any letter case), in a stable order; hidden files (such as the
-    `._song.mid` files macOS leaves on shared drives) and hidden folders are skipped."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in MIDI_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 @app.command("batch")
@@ -658,180 +607,180 @@ def batch_command(
             metavar="N",
             min=1,
             max=256,
-            help="Songs rendered together, segment by segment, in one pass through the model. "
-            "Default: 1 on a CPU, 8 on a GPU.",
+            help="Songs sharing each pass through the model; a finished song's place goes at once to the "
+            "next. Default: 1 on a CPU, 8 on a GPU.",
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Render only shard I of N (1-based), a stable split by file path: N processes (a Slurm "
+            "array: --shard $SLURM_ARRAY_TASK_ID/N) together render every file once.",
+        ),
+    ] = None,
+    files_from: Annotated[
+        str | None,
+        typer.Option(
+            "--files-from",
+            metavar="LIST",
+            help="Render the files listed in LIST (one path per line, relative to IN_DIR; '-' reads standard "
+            "input) instead of searching IN_DIR.",
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Render on a Ray cluster: 'local' starts one on this machine, 'auto' or HOST:PORT joins "
+            "one. Needs pip install 'spectrosynth[ray]'.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            help="With --ray: model-holding workers. Default: one per GPU, else one per 2 CPUs.",
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            "--max-attempts",
+            metavar="K",
+            min=1,
+            max=100,
+            help="With --ray: attempts per file when its worker dies, before it is recorded as failed.",
+        ),
+    ] = 2,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Render again files whose last attempt failed.")
+    ] = False,
     force: Annotated[
-        bool, typer.Option("--force", "-f", help="Render again files whose output exists.")
+        bool,
+        typer.Option(
+            "--force", "-f", help="Render again files whose output exists, even with changed settings."
+        ),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Render every MIDI file in a folder tree, loading the model once.
 
-    Outputs that already exist are skipped (so an interrupted batch resumes where it stopped) unless
-    --force. A file that cannot be rendered is reported and the batch goes on; the exit code is 1 if any
-    file failed.
+    The run can be stopped at any time (even killed) and resumed by running the same command: outputs
+    that exist are skipped, as are files that failed before (--retry-failed tries them again). Every
+    attempt is recorded in OUT_DIR/.spectrosynth/manifest; `spectrosynth status OUT_DIR` sums it up. A file
+    that cannot be rendered is reported and the batch goes on; the exit code is 1 if any file failed.
 
-    Example: spectrosynth batch midi/ audio/ --format flac --steps 30
+    Examples:
+
+      spectrosynth batch midi/ audio/ --format flac
+
+      spectrosynth batch lakh/ audio/ --shard $SLURM_ARRAY_TASK_ID/64 --device cuda
+
+      spectrosynth batch lakh/ audio/ --ray auto --files-from todo.txt
     """
-    from spectrosynth.errors import SpectrosynthError
+    from spectrosynth.batch import BatchOptions, RenderSettings, parse_shard, run_batch
+    from spectrosynth.progress import BatchProgressDisplay
 
     settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
     sampling = Sampling.from_options(sampler, steps, guidance)
-    if not in_dir.is_dir():
-        raise SpectrosynthError(f"{in_dir}: no such folder; give the folder that holds the MIDI files")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpectrosynthError(f"{out_dir} is a file; give a folder for the audio")
-    remap = _remap(program, track, mute, no_drums)
-    files = find_midi_files(in_dir)
-    if not files:
-        raise SpectrosynthError(f"{in_dir}: no .mid or .midi files found (searched every subfolder)")
+    _remap(program, track, mute, no_drums)  # a bad option fails now
+    render = RenderSettings(
+        model, revision, dtype, sampling.sampler, sampling.steps, sampling.guidance, seed,
+        tuple(program or ()), tuple(track or ()), tuple(mute or ()), no_drums, start, duration, settings,
+        save_mel,
+    )  # fmt: skip
+    options = BatchOptions(
+        in_dir, out_dir, render, device, batch_size, force, retry_failed,
+        parse_shard(shard) if shard is not None else None, files_from, ray, workers, max_attempts,
+    )  # fmt: skip
     loader = ModelLoader(model, revision, device, dtype, quiet)
-    size = batch_size or (8 if loader.device_type == "cuda" else 1)
-    tally = BatchTally(time.monotonic())
-    jobs: list[BatchJob] = []
-    claimed: dict[Path, Path] = {}  # output -> the input rendering to it
-    try:
-        for n, path in enumerate(files, 1):
-            rel = path.relative_to(in_dir)
-            target = (out_dir / rel).with_suffix(f".{fmt}")
-            job = BatchJob(rel, target, f"[{n}/{len(files)}] {rel}")
-            if target in claimed:
-                clash = f"{rel}: {claimed[target]} already renders to {target}; rename one of them"
-                tally.fail(job, SpectrosynthError(clash))
-                continue
-            claimed[target] = rel
-            if target.exists() and not force:
-                tally.skipped += 1
-                _note(f"{job.label}: skipped, {target} exists (--force renders it again)", quiet)
-                continue
-            try:
-                job.song = _prepare(_read_score(str(path)), remap, start, duration, quiet, job.label)
-                _warn_dense(job.song, job.label, quiet)
-                _warn_short_tail(job.song, settings, job.label, quiet)
-            except SpectrosynthError as e:  # anything about this file: the batch goes on
-                tally.fail(job, e)
-                continue
-            jobs.append(job)
-            if len(jobs) == size:
-                _render_group(jobs, settings, loader, sampling, seed, force, quiet, save_mel, tally)
-                jobs = []
-        if jobs:
-            _render_group(jobs, settings, loader, sampling, seed, force, quiet, save_mel, tally)
-    except KeyboardInterrupt:
-        tally.summary(interrupted=True)
-        raise _fail(
-            "interrupted; finished files are kept, run the same command again to resume", 130
-        ) from None
-    tally.summary(quiet=quiet)
-    if tally.failed:
+    with BatchProgressDisplay(quiet) as progress:
+        from spectrosynth.batch import BatchReport
+
+        report = BatchReport()
+        try:
+            run_batch(options, loader.get, progress, report)
+        except KeyboardInterrupt:
+            _batch_summary(report, interrupted=True)
+            raise _fail(
+                "interrupted; finished files are kept, run the same command again to resume", 130
+            ) from None
+    _batch_summary(report, quiet=quiet)
+    if report.failed:
         raise typer.Exit(1)
 
 
-@dataclass
-class BatchJob:
-    rel: Path
-    target: Path
-    label: str
-    song: Any = None  # tokens.PreparedSong
-    output: Any = None  # outputs.SongOutput while rendering
-    done: int = 0  # segments rendered
-
-
-@dataclass
-class BatchTally:
-    began: float
-    rendered: int = 0
-    skipped: int = 0
-    audio_seconds: float = 0.0
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-
-    def fail(self, job: BatchJob, e: Exception) -> None:
-        self.failed.append((job.rel, str(e)))
-        typer.echo(f"{PROG}: error: {e}", err=True)
-
-    def summary(self, interrupted: bool = False, quiet: bool = False) -> None:
-        _batch_summary(self.rendered, self.skipped, self.failed, self.audio_seconds,
-                       time.monotonic() - self.began, interrupted, quiet)  # fmt: skip
-
-
-def _render_group(jobs, settings, loader, sampling, seed, force, quiet, save_mel, tally) -> None:
-    """Render songs together (segment k of each in one pass), each written progressively to its file.
-
-    A song that cannot be written fails alone; the others go on. Every song uses the same seed, so each
-    sounds as it would rendered on its own (up to floating-point rounding).
-    """
-    import contextlib
-
-    from spectrosynth.outputs import SongOutput
-    from spectrosynth.progress import RenderProgress
-
-    synth = loader.get()
-    began = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        live = []
-        for job in jobs:
-            try:
-                job.target.parent.mkdir(parents=True, exist_ok=True)
-                mel = str(job.target.with_suffix(".npy")) if save_mel else None
-                job.output = stack.enter_context(
-                    SongOutput(job.song, synth.vocoder, str(job.target), settings, force, mel)
-                )
-                live.append(job)
-            except (OSError, *_per_file_errors()) as e:
-                tally.fail(job, e)
-        if not live:
-            return
-        label = live[0].label if len(live) == 1 else f"{live[0].label} and {len(live) - 1} more"
-        songs = [[s.tokens for s in job.song.segments] for job in live]
-        segments = max(len(song) for song in songs)
-        seeds = [seed] * len(live)
-        with RenderProgress(label, segments, sampling.steps, quiet=quiet) as progress:
-            for i, _, mel in synth.iter_mel_batch(
-                songs, sampling.steps, seeds, callback=progress, **sampling.options()
-            ):
-                job = live[i]
-                if job.output is None:
-                    continue
-                try:
-                    job.output.add(mel)
-                    job.done += 1
-                    if job.done == len(job.song.segments):
-                        summary = job.output.finish()
-                        tally.rendered += 1
-                        tally.audio_seconds += summary.duration
-                        _report_written(summary, job.label, time.monotonic() - began, quiet)
-                        job.output = None
-                except (OSError, *_per_file_errors()) as e:
-                    job.output.abort()
-                    job.output = None
-                    tally.fail(job, e)
-
-
-def _per_file_errors() -> tuple[type, ...]:
-    """Errors that concern one file (the batch goes on), as opposed to the model or the options."""
-    from spectrosynth.errors import MidiError, OutputError, RemapError
-
-    return (MidiError, OutputError, RemapError)
-
-
-def _batch_summary(rendered, skipped, failed, audio_seconds, wall, interrupted=False, quiet=False) -> None:
+def _batch_summary(report, interrupted: bool = False, quiet: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    if quiet and not failed:
+    if quiet and not report.failed:
         return
     console = Console(stderr=True, highlight=False)
     table = Table(title="batch interrupted" if interrupted else "batch finished", title_justify="left")
-    for column in ("rendered", "skipped", "failed", "audio", "wall time"):
+    for column in ("rendered", "skipped", "failed", "audio", "wall time", "x real time"):
         table.add_column(column, justify="right")
-    table.add_row(str(rendered), str(skipped), str(len(failed)), f"{audio_seconds:.1f} s", f"{wall:.1f} s")
+    wall = report.wall_seconds
+    speed = report.audio_seconds / wall if wall > 0 else 0.0
+    table.add_row(str(report.rendered), str(report.skipped), str(len(report.failed)),
+                  f"{report.audio_seconds:.1f} s", f"{wall:.1f} s", f"{speed:.2f}")  # fmt: skip
     console.print(table)
-    for rel, message in failed:
-        console.print(
-            f"failed: {message}" if str(rel) in message else f"failed: {rel}: {message}", soft_wrap=True
+    for rel, message in report.failed:
+        console.print(f"failed: {message}" if rel in message else f"failed: {rel}: {message}", soft_wrap=True)
+    errors = report.top_errors()
+    if len(report.failed) > 1 and errors:
+        console.print("most frequent errors:")
+        for message, count in errors:
+            console.print(f"  {count:6d}  {message}", soft_wrap=True)
+
+
+@app.command("status")
+@friendly_errors
+def status_command(
+    out_dir: Annotated[Path, typer.Argument(help="A batch's output folder.", metavar="OUT_DIR")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    errors: Annotated[
+        int, typer.Option("--errors", metavar="N", min=0, help="Show the N most frequent errors.")
+    ] = 10,
+) -> None:
+    """What a batch has done so far, from its manifest: files rendered, failed (and why), audio hours and
+    throughput, across every shard, worker and run that wrote into OUT_DIR.
+
+    Example: spectrosynth status audio/ --json | jq .audio_hours
+    """
+    from spectrosynth.batch import read_status
+    from spectrosynth.errors import SpectrosynthError
+
+    if not (out_dir / ".spectrosynth").is_dir():
+        raise SpectrosynthError(
+            f"{out_dir}: no batch manifest here; give the OUT_DIR of a spectrosynth batch"
         )
+    status = read_status(out_dir, top=errors)
+    if as_json:
+        typer.echo(json.dumps(status.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table(title=str(out_dir), title_justify="left")
+    for column in ("files", "rendered", "failed", "skipped", "audio", "wall time", "x real time", "files/h",
+                   "workers"):  # fmt: skip
+        table.add_column(column, justify="right")
+    table.add_row(str(status.files), str(status.ok), str(status.failed), str(status.skipped),
+                  f"{status.audio_hours:.2f} h", f"{status.wall_seconds / 3600:.2f} h",
+                  f"{status.real_time_factor:.2f}", f"{status.files_per_hour:.1f}",
+                  str(status.workers))  # fmt: skip
+    console.print(table)
+    if status.errors:
+        console.print("most frequent errors:")
+        for message, count in status.errors:
+            console.print(f"  {count:6d}  {message}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -175,6 +175,16 @@ def resolve_sampler(
     return functools.partial(SAMPLERS[name], schedule=schedule), steps
 
 
+@dataclass
+class SegmentRow:
+    """One segment to sample: its tokens, the previous segment's log-mel (256, 128) or None for a song's
+    first, and the song's noise generator."""
+
+    tokens: list[int]
+    context: np.ndarray | None
+    generator: torch.Generator
+
+
 class FilmCache:
     """The decoder's FiLM conditioning for each time t a sampler asks for, computed once per t."""
 
@@ -297,38 +307,64 @@ class Synthesizer:
         would alone, up to floating-point rounding (batched matrix products may round differently).
         Yields (song index, segment index, log-mel (256, 128)) as segments finish.
         """
-        sample, steps = self.sampler(sampler, steps, guidance)
+        _, steps = self.sampler(sampler, steps, guidance)
         if generators is None:
             generators = [torch.Generator().manual_seed(s) for s in (seeds or [0] * len(songs))]
         if len(generators) != len(songs):
             raise ValueError("one seed or generator per song")
         films = FilmCache(self.decoder, self.device)  # the same for every segment and song: computed once
-        contexts: dict[int, torch.Tensor] = {}  # song -> its previous segment's log-mel (1, 256, 128)
+        contexts: dict[int, np.ndarray] = {}  # song -> its previous segment's log-mel (256, 128)
         total = max((len(s) for s in songs), default=0)
         for k in range(total):
             active = [b for b, song in enumerate(songs) if k < len(song)]
-            streams = [generators[b] for b in active]
 
             def report(j: int, k=k) -> None:
                 if callback is not None:
                     callback(Progress(k, total, j + 1, steps))
 
-            with torch.inference_mode():
-                kvs, key_mask = self._encode([songs[b][k] for b in active], [contexts.get(b) for b in active])
-                denoise = self._denoiser(kvs, key_mask, guidance, films)
-                start = randn((len(active), FRAMES_PER_SEGMENT, NUM_MEL_BINS), streams, self.device)
-                x = sample(denoise, start, steps, streams, callback=report)
-                mel = scale_to_log_mel(x.float())
-            for i, b in enumerate(active):
-                contexts[b] = mel[i : i + 1]
-                yield b, k, mel[i].cpu().numpy()
+            rows = [SegmentRow(songs[b][k], contexts.get(b), generators[b]) for b in active]
+            options = {"sampler": sampler, "steps": steps, "guidance": guidance, "films": films}
+            mels = self.sample_segments(rows, callback=report, **options)
+            for mel, b in zip(mels, active, strict=True):
+                contexts[b] = mel
+                yield b, k, mel
+
+    def sample_segments(
+        self,
+        rows: list[SegmentRow],
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        steps: int | None = None,
+        guidance: float = DEFAULT_GUIDANCE,
+        callback: Callable[[int], None] | None = None,
+        films: FilmCache | None = None,
+    ) -> list[np.ndarray]:
+        """One segment of each row, sampled together: each row's log-mel spectrogram (256, 128), float32.
+
+        Rows may be at different places in their songs: a first segment (no context) and later ones (with
+        the previous segment's log-mel) go through the model together. Each row draws its noise from its
+        own generator, so it gets what it would alone, up to rounding. callback(i): after step i.
+        """
+        sample, steps = self.sampler(sampler, steps, guidance)
+        films = films or FilmCache(self.decoder, self.device)
+        streams = [row.generator for row in rows]
+        with torch.inference_mode():
+            contexts = [None if r.context is None else torch.as_tensor(r.context, device=self.device)[None]
+                        for r in rows]  # fmt: skip
+            kvs, key_mask = self._encode([r.tokens for r in rows], contexts)
+            denoise = self._denoiser(kvs, key_mask, guidance, films)
+            start = randn((len(rows), FRAMES_PER_SEGMENT, NUM_MEL_BINS), streams, self.device)
+            x = sample(denoise, start, steps, streams, callback=callback)
+            mel = scale_to_log_mel(x.float()).cpu().numpy()
+        return list(mel)
 
     def _encode(self, tokens: list[list[int]], contexts: list[torch.Tensor | None]):
         """Cross-attention keys/values (per decoder layer) of a batch of segments, and the key mask.
 
-        Token lists of different lengths are padded and masked (a masked key gets exactly zero weight);
-        the context encoder runs for segments that follow another (for the first, the reference masks the
-        whole context out, which gives it exactly zero weight too).
+        Token lists of different lengths are padded and masked (a masked key gets exactly zero weight).
+        The context encoder runs when a row has a previous segment; a first segment has none, which the
+        reference expresses as a context masked out entirely (exactly zero weight): alone it is skipped,
+        beside later segments it gets a masked zero context.
         """
         length = max(len(t) for t in tokens)
         ids = torch.zeros(len(tokens), length, dtype=torch.long)
@@ -337,12 +373,16 @@ class Synthesizer:
         ids = ids.to(self.device)
         key_mask = None if all(len(t) == length for t in tokens) else ids > 0
         encodings = self.notes_encoder(ids, key_mask)
-        if contexts[0] is not None:
-            features = scale_features(torch.cat(contexts)).to(self.dtype)
-            encodings = torch.cat([encodings, self.context_encoder(features)], 1)
-            if key_mask is not None:
-                key_mask = torch.cat([key_mask, torch.ones(len(tokens), features.shape[1], dtype=torch.bool,
-                                                           device=self.device)], 1)  # fmt: skip
+        has_context = [c is not None for c in contexts]
+        if any(has_context):
+            silence = torch.full((1, FRAMES_PER_SEGMENT, NUM_MEL_BINS), MIN_LOG_MEL, device=self.device)
+            previous = torch.cat([silence if c is None else c for c in contexts])
+            context = self.context_encoder(scale_features(previous).to(self.dtype))
+            encodings = torch.cat([encodings, context], 1)
+            if key_mask is not None or not all(has_context):
+                notes_mask = key_mask if key_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+                context_mask = torch.tensor(has_context, device=self.device)[:, None]
+                key_mask = torch.cat([notes_mask, context_mask.expand(-1, FRAMES_PER_SEGMENT)], 1)
         return self.decoder.cross_keys_values(encodings), key_mask
 
     def _denoiser(self, kvs, key_mask, guidance: float, films: FilmCache) -> Denoiser:

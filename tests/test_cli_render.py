@@ -346,16 +346,17 @@ def test_batch_mirrors_the_tree_goes_past_a_bad_file_and_resumes(tmp_path, midi_
     args = [midi_tree, out, *model_args, "--duration", "2", "--format", "flac"]
     first = batch(*args)
     assert first.exit_code == 1  # one file failed
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "a.flac",
-        "sub/b.flac",
-    ]
+    outputs = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert sorted(p for p in outputs if not p.startswith(".spectrosynth/")) == ["a.flac", "sub/b.flac"]
     assert "broken.mid" in first.stderr and "batch finished" in first.stderr
 
     stamp = (out / "a.flac").stat().st_mtime_ns
-    again = batch(*args)  # resumes: existing outputs are skipped
-    assert again.exit_code == 1 and again.stderr.count(": skipped, ") == 2
+    again = batch(*args)  # resumes: existing outputs are skipped, and so is the file that failed
+    assert again.exit_code == 0 and again.stderr.count(": skipped, ") == 3
+    assert "sub/broken.mid: skipped, it failed before" in again.stderr and "--retry-failed" in again.stderr
     assert (out / "a.flac").stat().st_mtime_ns == stamp
+    retried = batch(*args, "--retry-failed")
+    assert retried.exit_code == 1 and retried.stderr.count(": skipped, ") == 2
 
     (midi_tree / "sub" / "broken.mid").unlink()
     forced = batch(*args, "--force")
@@ -422,7 +423,7 @@ def test_batch_reports_name_clashes_hidden_files_and_short_songs(tmp_path, waltz
     result = batch(root, tmp_path / "out", *model_args, "--start", "90", "--duration", "2")
     assert result.exit_code == 1
     assert "already renders to" in result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["short.wav", "song.wav"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".spectrosynth", "short.wav", "song.wav"]
 
 
 def test_batch_start_past_the_end_fails_only_that_song(tmp_path, waltz, complex_midi, model_args):
@@ -432,7 +433,7 @@ def test_batch_start_past_the_end_fails_only_that_song(tmp_path, waltz, complex_
     shutil.copy(complex_midi, root / "b.mid")  # 293.8 s long
     result = batch(root, tmp_path / "out", *model_args, "--start", "200", "--duration", "2")
     assert result.exit_code == 1 and "past the end" in result.stderr
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.wav"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".spectrosynth", "b.wav"]
 
 
 def test_output_that_is_a_folder(tmp_path, waltz, model_args):

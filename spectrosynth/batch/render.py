@@ -1,0 +1,144 @@
+"""Rendering jobs with continuous batching: songs share each pass through the model, and a finished song's
+place goes at once to the next one.
+
+With a batch of B, the model samples one segment of each of B songs at a time: song i's next segment, with
+its own previous segment as context and its own noise generator. When a song's last segment is done its
+file is published and the next job takes its slot, starting at its first segment beside songs in the
+middle of theirs. No pass waits for the longest song of a fixed group, so the batch stays full until the
+queue runs out. Each song gets what it would alone, up to floating-point rounding.
+
+Files are written progressively and atomically (spectrosynth.outputs.SongOutput). A problem with one file
+(unreadable MIDI, an option it does not fit, an output that cannot be written) is that job's failed
+result; anything else (the model, the device) stops the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from spectrosynth.batch.jobs import Job, RenderSettings, Result
+from spectrosynth.errors import MidiError, OutputError, RemapError, SpectrosynthError
+from spectrosynth.midi import read_midi
+from spectrosynth.outputs import SongOutput
+from spectrosynth.pipeline import SegmentRow, Synthesizer
+from spectrosynth.songs import prepare_song
+from spectrosynth.tokens import PreparedSong
+
+#: Errors that concern one file: the batch goes on.
+PER_FILE_ERRORS = (MidiError, OutputError, RemapError)
+
+
+@dataclass
+class _Slot:
+    job: Job
+    song: PreparedSong
+    output: SongOutput
+    generator: torch.Generator
+    began: float
+    notes: list[str]
+    done: int = 0
+    context: np.ndarray | None = None
+
+
+@dataclass
+class BatchStats:
+    """Work done by `render_jobs`, for measuring how full its batches were."""
+
+    passes: int = 0  # batched segment passes through the model
+    rows: int = 0  # segments sampled (a pass of B songs samples B)
+    slots: int = 0  # rows the passes could have held: passes x batch size
+    per_pass: list[int] = field(default_factory=list)
+
+
+def render_jobs(
+    jobs: Iterable[Job],
+    synth: Synthesizer,
+    settings: RenderSettings,
+    *,
+    batch_size: int = 1,
+    force: bool = False,
+    worker: str = "",
+    on_segment: Callable[[Job, int, int], None] | None = None,
+    stats: BatchStats | None = None,
+) -> Iterator[Result]:
+    """Render `jobs` with up to `batch_size` songs per pass; yield each job's Result as it finishes.
+
+    on_segment(job, done, segments): after each of a song's segments. A failed job yields a failed Result;
+    an error that is not about one file is raised, after every unfinished output has been removed.
+    """
+    queue = iter(jobs)
+    remap = settings.remap()
+    slots: list[_Slot] = []
+
+    def refill() -> Iterator[Result]:
+        while len(slots) < batch_size:
+            job = next(queue, None)
+            if job is None:
+                return
+            began = time.monotonic()
+            try:
+                song, notes = prepare_song(read_midi(job.source, name=job.rel), remap, settings.start,
+                                           settings.duration, settings.output, job.rel)  # fmt: skip
+                job.target.parent.mkdir(parents=True, exist_ok=True)
+                mel = None if job.mel_target is None else str(job.mel_target)
+                output = SongOutput(song, synth.vocoder, str(job.target), settings.output, force, mel)
+            except (SpectrosynthError, OSError) as e:  # anything about reading or preparing this file
+                yield _failed(job, e, began, worker)
+                continue
+            generator = torch.Generator().manual_seed(settings.seed)
+            slots.append(_Slot(job, song, output, generator, began, notes))
+
+    try:
+        yield from refill()
+        while slots:
+            rows = [SegmentRow(s.song.segments[s.done].tokens, s.context, s.generator) for s in slots]
+            mels = synth.sample_segments(rows, sampler=settings.sampler, steps=settings.steps,
+                                         guidance=settings.guidance)  # fmt: skip
+            if stats is not None:
+                stats.passes += 1
+                stats.rows += len(rows)
+                stats.slots += batch_size
+                stats.per_pass.append(len(rows))
+            finished = [result for slot, mel in zip(slots, mels, strict=True)
+                        if (result := _add(slot, mel, worker, on_segment)) is not None]  # fmt: skip
+            done = {id(r.job) for r in finished}
+            slots[:] = [s for s in slots if id(s.job) not in done]
+            yield from finished
+            yield from refill()
+    except BaseException:  # an error about the model or the run, Ctrl-C, or the consumer stopping
+        for slot in slots:
+            slot.output.abort()
+        raise
+
+
+def _add(slot: _Slot, mel: np.ndarray, worker: str, on_segment) -> Result | None:
+    """Give a song its next segment; its Result once it is finished (or has failed)."""
+    slot.context, slot.done = mel, slot.done + 1
+    try:
+        slot.output.add(mel)
+        if on_segment is not None:
+            on_segment(slot.job, slot.done, len(slot.song.segments))
+        if slot.done < len(slot.song.segments):
+            return None
+        summary = slot.output.finish()
+    except (*PER_FILE_ERRORS, OSError) as e:
+        slot.output.abort()
+        return _failed(slot.job, e, slot.began, worker)
+    seconds = time.monotonic() - slot.began
+    return Result(slot.job, "ok", audio_seconds=summary.duration, render_seconds=seconds,
+                  segments=len(slot.song.segments), worker=worker, notes=slot.notes)  # fmt: skip
+
+
+def _failed(job: Job, e: BaseException, began: float, worker: str) -> Result:
+    message = str(e)
+    if isinstance(e, OSError) and e.filename:
+        message = f"{e.filename}: {e.strerror or e}"
+    if job.rel not in message:
+        message = f"{job.rel}: {message}"
+    return Result(job, "failed", message, type(e).__name__, render_seconds=time.monotonic() - began,
+                  worker=worker)  # fmt: skip

@@ -1,0 +1,180 @@
+"""A whole batch run: plan it, make the output folder safe to resume, render (here or on a Ray cluster) and
+record every attempt.
+
+    plan (jobs.plan)         find the inputs, keep this shard's, map them to outputs, catch clashes
+    check (manifest)         refuse settings that differ from those the folder was rendered with
+    sweep (writers)          remove temporaries left by writers that died
+    skip                     outputs that exist; files that failed before (unless retry_failed)
+    render (render / ray)    continuous batching here, or one model per worker on Ray
+    record (manifest)        one line per attempt, as each finishes
+
+The library reports through a `BatchProgress` sink and never prints; the command line draws it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from spectrosynth.batch.jobs import Job, RenderSettings, Result, plan
+from spectrosynth.batch.manifest import ManifestWriter, check_settings, latest
+from spectrosynth.batch.status import error_kind
+from spectrosynth.batch.writers import Writer, sweep_stale
+from spectrosynth.errors import SpectrosynthError
+
+
+class BatchProgress(Protocol):
+    """Where a run reports. Every method is optional to act on."""
+
+    def note(self, message: str) -> None: ...
+
+    def planned(self, total: int, to_render: int) -> None: ...
+
+    def segment(self, job: Job, done: int, segments: int) -> None: ...
+
+    def result(self, result: Result) -> None: ...
+
+    def workers(self, alive: int, total: int) -> None: ...
+
+
+class NoProgress:
+    def note(self, message: str) -> None:
+        pass
+
+    def planned(self, total: int, to_render: int) -> None:
+        pass
+
+    def segment(self, job: Job, done: int, segments: int) -> None:
+        pass
+
+    def result(self, result: Result) -> None:
+        pass
+
+    def workers(self, alive: int, total: int) -> None:
+        pass
+
+
+@dataclass
+class BatchOptions:
+    in_dir: Path
+    out_dir: Path
+    settings: RenderSettings
+    device: str = "auto"
+    batch_size: int | None = None  # None: 1 on a CPU, 8 on a GPU
+    force: bool = False  # render again files whose output exists, and accept changed settings
+    retry_failed: bool = False  # render again files whose last attempt failed
+    shard: tuple[int, int] | None = None  # (I, N), 1-based
+    files_from: str | None = None  # a list of inputs ('-': standard input) instead of walking in_dir
+    ray: str | None = None  # "local", "auto" or HOST:PORT
+    workers: int | None = None  # Ray workers (default: one per GPU, else per 2 CPUs)
+    max_attempts: int = 2  # attempts per file when workers die (Ray)
+
+
+@dataclass
+class BatchReport:
+    """The tally of one run."""
+
+    began: float = field(default_factory=time.monotonic)
+    rendered: int = 0
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, error)
+
+    def add(self, result: Result) -> None:
+        if result.status == "ok":
+            self.rendered += 1
+            self.audio_seconds += result.audio_seconds
+        elif result.status == "skipped":
+            self.skipped += 1
+        else:
+            self.failed.append((result.job.rel, result.error or result.error_type or "failed"))
+
+    @property
+    def wall_seconds(self) -> float:
+        return time.monotonic() - self.began
+
+    def top_errors(self, n: int = 10) -> list[tuple[str, int]]:
+        return Counter(error_kind(message, rel) for rel, message in self.failed).most_common(n)
+
+
+def run_batch(
+    options: BatchOptions,
+    load: Callable[[], object],
+    progress: BatchProgress | None = None,
+    report: BatchReport | None = None,
+) -> BatchReport:
+    """Render a folder (or this shard of it) as `options` say; `load()` gives the Synthesizer, called once,
+    only when a song is ready to render. Returns the tally; per-file failures are in it, not raised."""
+    progress = progress or NoProgress()
+    report = report or BatchReport()
+    o, settings = options, options.settings
+    if not o.in_dir.is_dir():
+        raise SpectrosynthError(f"{o.in_dir}: no such folder; give the folder that holds the MIDI files")
+    if o.out_dir.exists() and not o.out_dir.is_dir():
+        raise SpectrosynthError(f"{o.out_dir} is a file; give a folder for the audio")
+    work = plan(o.in_dir, o.out_dir, settings.output.fmt, files_from=o.files_from, shard=o.shard,
+                save_mel=settings.save_mel)  # fmt: skip
+    if not work.jobs and not work.clashes:
+        if o.shard is not None and work.listed:
+            progress.note(f"shard {o.shard[0]}/{o.shard[1]} holds none of the {work.listed} files")
+            return report
+        where = "the list" if o.files_from is not None else f"{o.in_dir} (searched every subfolder)"
+        raise SpectrosynthError(f"no .mid or .midi files in {where}")
+    o.out_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(o.out_dir, settings, o.force)
+    removed = sweep_stale(o.out_dir)
+    if removed:
+        progress.note(f"removed {len(removed)} unfinished temporary files left by a run that was stopped")
+    with Writer(o.out_dir) as writer, ManifestWriter(o.out_dir, writer.tag, settings.digest) as manifest:
+
+        def record(result: Result) -> None:
+            manifest.record(result)
+            report.add(result)
+            progress.result(result)
+
+        for result in work.clashes:
+            record(result)
+        todo = list(_to_render(work.jobs, o, record))
+        progress.planned(len(work.jobs) + len(work.clashes), len(todo))
+        if not todo:
+            return report
+        if o.ray is not None:
+            from spectrosynth.batch.distributed import render_on_ray
+
+            results = render_on_ray(todo, o, progress)
+        else:
+            results = _render_here(todo, o, load, writer.tag, progress)
+        for result in results:
+            record(result)
+    return report
+
+
+def _to_render(jobs: list[Job], o: BatchOptions, record: Callable[[Result], None]) -> Iterator[Job]:
+    """The jobs still to do; the others are recorded as skipped, with the reason as a note."""
+    before = {} if o.force or o.retry_failed else latest(o.out_dir)
+    for job in jobs:
+        if job.target.exists() and not o.force:
+            note = f"{job.rel}: skipped, {job.target} exists (--force renders it again)"
+            record(replace(Result(job, "skipped"), notes=[note]))
+            continue
+        last = before.get(job.rel)
+        if last and last.get("status") == "failed" and last.get("settings") == o.settings.digest:
+            note = f"{job.rel}: skipped, it failed before ({last.get('error')}); --retry-failed tries again"
+            record(replace(Result(job, "skipped"), notes=[note]))
+            continue
+        yield job
+
+
+def _render_here(
+    jobs: list[Job], o: BatchOptions, load, tag: str, progress: BatchProgress
+) -> Iterator[Result]:
+    from spectrosynth.batch.render import render_jobs
+
+    synth = load()
+    size = o.batch_size or (8 if synth.device.type == "cuda" else 1)
+    yield from render_jobs(jobs, synth, o.settings, batch_size=size, force=o.force, worker=tag,
+                           on_segment=progress.segment)  # fmt: skip
