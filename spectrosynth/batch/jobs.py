@@ -109,12 +109,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise SpectrosynthError(
-            f"--shard {text!r} is not I/N, such as 3/16 (the third of 16 shards)"
-        ) from None
+        raise SpectrosynthError(f"--shard {text!r} is not I/N, such as 3/16 (shard 3 of 16)") from None
     if not 1 <= index <= count:
         raise SpectrosynthError(
-            f"--shard {text}: I must be between 1 and N ({count}); shards are numbered from 1"
+            f"--shard {text}: I must be from 1 to N ({count}); shards are numbered from 1"
         )
     return index, count
 
