@@ -23,13 +23,14 @@ format:
 	$(BIN)/ruff check --fix spectrosynth tests bench
 	$(BIN)/ruff format spectrosynth tests bench
 
-# All benchmarks (about 50 minutes on a 2-core CPU). The random base checkpoint is written once to BASE_MODEL.
+# All benchmarks (about an hour on a 2-core CPU). The random base checkpoint is written once to BASE_MODEL.
 BASE_MODEL ?= /tmp/spectrosynth-base-random
 bench:
 	$(BIN)/python bench/tokenize_bench.py
 	$(BIN)/python bench/speed_bench.py --checkpoint $(BASE_MODEL)
 	$(BIN)/python bench/sampling_accuracy.py
 	$(BIN)/python bench/sampler_speed.py --checkpoint $(BASE_MODEL)
+	$(BIN)/python bench/batch_bench.py --checkpoint $(BASE_MODEL)
 	$(BIN)/python bench/memory_bench.py --minutes 10 --model $(BASE_MODEL) --dtype float32
 
 clean:

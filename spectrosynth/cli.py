@@ -383,6 +383,12 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(f"segment {i} ({len(seg)} tokens): " + " ".join(map(str, seg)), soft_wrap=True)
 
 
+def _clock_hms(seconds: float) -> str:
+    """h:mm:ss"""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _clock(seconds: float) -> str:
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}:{rest:04.1f}"
@@ -773,7 +779,7 @@ def status_command(
                    "workers"):  # fmt: skip
         table.add_column(column, justify="right")
     table.add_row(str(status.files), str(status.ok), str(status.failed), str(status.skipped),
-                  f"{status.audio_hours:.2f} h", f"{status.wall_seconds / 3600:.2f} h",
+                  _clock_hms(status.audio_seconds), _clock_hms(status.wall_seconds),
                   f"{status.real_time_factor:.2f}", f"{status.files_per_hour:.1f}",
                   str(status.workers))  # fmt: skip
     console.print(table)

@@ -124,6 +124,10 @@ def run_batch(
             return report
         where = "the list" if o.files_from is not None else f"{o.in_dir} (searched every subfolder)"
         raise SpectrosynthError(f"no .mid or .midi files in {where}")
+    if o.ray is not None:  # a missing Ray fails before anything is written
+        from spectrosynth.batch.distributed import _import_ray
+
+        _import_ray()
     o.out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(o.out_dir, settings, o.force)
     removed = sweep_stale(o.out_dir)
