@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from batch_helpers import outputs
 from typer.testing import CliRunner
 
 from spectrosynth.batch import (
@@ -56,15 +57,6 @@ def collection(tmp_path):
 def args(tiny_model):
     """Short, quick renders: 2 s of each song (one segment), 2 steps, float32 on the CPU."""
     return ["--model", tiny_model, "--device", "cpu", "--dtype", "float32", "--steps", "2", "--duration", "2"]
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    """Every file under a folder but the batch's own state, by relative path."""
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in folder.rglob("*")
-        if p.is_file() and ".spectrosynth" not in p.relative_to(folder).parts
-    }
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from batch_helpers import outputs
 from typer.testing import CliRunner
 
 from spectrosynth.batch.distributed import CRASH_ENV, Renderer, _shape
@@ -40,15 +41,6 @@ runner = CliRunner()
 
 def batch(*args, **kwargs):
     return runner.invoke(app, ["batch", *map(str, args)], **kwargs)
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    """Every file under a folder but the batch's own state, by relative path."""
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in folder.rglob("*")
-        if p.is_file() and ".spectrosynth" not in p.relative_to(folder).parts
-    }
 
 
 def manifest(out: Path) -> list[dict]:
