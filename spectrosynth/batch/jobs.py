@@ -80,10 +80,6 @@ class Job:
     mel_target: Path | None = None  # the spectrogram (.npy), with --save-mel
     attempt: int = 1
 
-    @property
-    def label(self) -> str:
-        return self.rel
-
 
 @dataclass
 class Result:
