@@ -25,7 +25,7 @@ from spectrosynth.batch.jobs import Job, RenderSettings, Result
 from spectrosynth.errors import MidiError, OutputError, RemapError, SpectrosynthError
 from spectrosynth.midi import read_midi
 from spectrosynth.outputs import SongOutput
-from spectrosynth.pipeline import SegmentRow, Synthesizer
+from spectrosynth.pipeline import FilmCache, SegmentRow, Synthesizer
 from spectrosynth.songs import prepare_song
 from spectrosynth.tokens import PreparedSong
 
@@ -73,6 +73,7 @@ def render_jobs(
     """
     queue = iter(jobs)
     remap = settings.remap()
+    films = FilmCache(synth.decoder, synth.device)  # the same step times for every pass: computed once
     slots: list[_Slot] = []
 
     def refill() -> Iterator[Result]:
@@ -98,7 +99,7 @@ def render_jobs(
         while slots:
             rows = [SegmentRow(s.song.segments[s.done].tokens, s.context, s.generator) for s in slots]
             mels = synth.sample_segments(rows, sampler=settings.sampler, steps=settings.steps,
-                                         guidance=settings.guidance)  # fmt: skip
+                                         guidance=settings.guidance, films=films)  # fmt: skip
             if stats is not None:
                 stats.passes += 1
                 stats.rows += len(rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -163,12 +163,12 @@ def _to_render(jobs: list[Job], o: BatchOptions, record: Callable[[Result], None
     for job in jobs:
         if job.target.exists() and not o.force:
             note = f"{job.rel}: skipped, {job.target} exists (--force renders it again)"
-            record(replace(Result(job, "skipped"), notes=[note]))
+            record(Result(job, "skipped", notes=[note]))
             continue
         last = before.get(job.rel)
         if last and last.get("status") == "failed" and last.get("settings") == o.settings.digest:
             note = f"{job.rel}: skipped, it failed before ({last.get('error')}); --retry-failed tries again"
-            record(replace(Result(job, "skipped"), notes=[note]))
+            record(Result(job, "skipped", notes=[note]))
             continue
         yield job
 
