@@ -10,8 +10,26 @@ their own drum vocabulary.
 from __future__ import annotations
 
 import bisect
+import sys
 
-import pretty_midi
+
+def _guard_pretty_midi() -> None:
+    """pretty_midi imports FluidSynth's Python binding (pyfluidsynth) whenever it is installed, and copes only
+    with an ImportError: a binding whose C library cannot be loaded (an OSError) would make every MIDI file
+    unreadable. Then the binding is marked missing, so pretty_midi does without it (and `--soundfont` says
+    what to install)."""
+    if "fluidsynth" in sys.modules:
+        return
+    try:
+        import fluidsynth  # noqa: F401
+    except ImportError:
+        pass
+    except OSError:
+        sys.modules["fluidsynth"] = None  # `import fluidsynth` now raises ImportError
+
+
+_guard_pretty_midi()
+import pretty_midi  # noqa: E402
 
 # The model's instrument classes: class program -> class name (diffusers' SLAKH_CLASS_PROGRAMS).
 MODEL_CLASSES: dict[int, str] = {

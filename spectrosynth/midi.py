@@ -89,7 +89,8 @@ def read_midi(source: str | os.PathLike | bytes, name: str | None = None) -> Sco
 
 def _parse(data: bytes, label: str) -> Score:
     import mido
-    import pretty_midi
+
+    from spectrosynth.instruments import pretty_midi
 
     if not data:
         raise MidiError(f"{label}: the file is empty (0 bytes); it is not a MIDI file")

@@ -93,3 +93,26 @@ def test_sustain_restrike_ends_previous_note_and_only_same_track():
 def test_sustain_never_released_lasts_to_the_last_event():
     out, end = apply_sustain([_note(60, 0.0, 1.0), _note(64, 2.0, 2.5)], [Pedal(0.5, 100, 0)], 2.5)
     assert [n.end for n in out] == [2.5, 2.5] and end == 2.5
+
+
+def test_a_broken_fluidsynth_binding_does_not_break_reading_midi(tmp_path):
+    # pyfluidsynth raises OSError when its C library cannot be loaded, and pretty_midi (which imports it)
+    # copes only with ImportError: without spectrosynth's guard, no MIDI file could be read at all.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "fluidsynth.py").write_text(
+        "raise OSError('libfluidsynth.so.3: cannot open shared object file')\n"
+    )
+    song = Path(__file__).parent / "data" / "midi" / "nottingham" / "waltzes1.mid"
+    code = f"from spectrosynth.midi import read_midi; print(len(read_midi({str(song)!r}).notes))"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "430"
+    plain = subprocess.run(
+        [sys.executable, "-c", "import pretty_midi"], capture_output=True, text=True, env=env
+    )
+    assert plain.returncode != 0 and "OSError" in plain.stderr  # what the guard prevents
