@@ -34,6 +34,7 @@ from spectrosynth.constants import (
     MAX_SHIFT_STEPS,
     SAMPLE_RATE,
     SEGMENT_SECONDS,
+    STEPS_PER_FRAME,
     STEPS_PER_SECOND,
     STEPS_PER_SEGMENT,
 )
@@ -66,38 +67,83 @@ def model_notes(score: Score) -> tuple[list[Note], float]:
     return notes, end_time
 
 
-def tokenize_notes(notes: Iterable[Note], duration: float) -> list[list[int]]:
-    """Token ids per segment, EOS included and no padding; a segment may exceed the model's 2048 positions."""
-    notes = sorted(notes, key=lambda n: (n.is_drum, n.program, n.pitch))
-    times = [n.end for n in notes if not n.is_drum] + [n.start for n in notes]
-    values = [(_OFF, n.program, n.pitch, 0) for n in notes if not n.is_drum]
-    values += [(_DRUM if n.is_drum else _ON, n.program, n.pitch, _velocity_bin(n.velocity)) for n in notes]
-    order = sorted(range(len(times)), key=times.__getitem__)  # stable, like np.argsort(kind="stable")
-    steps = [round(times[i] * STEPS_PER_SECOND) for i in order]
-    events = [values[i] for i in order]
-    last_step = steps[-1] if steps else 0
+class NoteEvents:
+    """A song's notes as the tokenizer's event list, from which the tokens of any window can be cut.
 
-    total = num_segments(duration)
-    state: dict[tuple[int, int], int] = {}  # (pitch, program) -> velocity bin of sounding notes
-    applied = 0  # events folded into `state` so far
-    segments = []
-    for j in range(total):
-        start = j * STEPS_PER_SEGMENT
-        # Tie section: the state before the events at min(segment start, last event step).
-        boundary = min(start, last_step)
-        while applied < len(events) and steps[applied] < boundary:
-            kind, program, pitch, velocity = events[applied]
+    Built once per song (steps 1-2 of the module docstring); `window` then gives the tokens of any span of
+    10 ms steps, so training can draw 5.12 s chunks at any 20 ms offset (`chunk_tokens`) and get, on the
+    5.12 s grid, exactly inference's segments (`tokenize_notes`). The sounding notes are snapshotted every
+    512 steps, so a window's tie section replays at most one segment's events.
+    """
+
+    def __init__(self, notes: Iterable[Note], duration: float):
+        notes = sorted(notes, key=lambda n: (n.is_drum, n.program, n.pitch))
+        times = [n.end for n in notes if not n.is_drum] + [n.start for n in notes]
+        values = [(_OFF, n.program, n.pitch, 0) for n in notes if not n.is_drum]
+        values += [
+            (_DRUM if n.is_drum else _ON, n.program, n.pitch, _velocity_bin(n.velocity)) for n in notes
+        ]
+        order = sorted(range(len(times)), key=times.__getitem__)  # stable, like np.argsort(kind="stable")
+        self.steps = [round(times[i] * STEPS_PER_SECOND) for i in order]
+        self.events = [values[i] for i in order]
+        self.last_step = self.steps[-1] if self.steps else 0
+        self.num_segments = num_segments(duration)
+        self.end_step = self.num_segments * STEPS_PER_SEGMENT  # the end of the last grid segment
+        # _snapshots[k]: the sounding notes after every event before step 512 k, for k up to the last event.
+        self._snapshots: list[dict[tuple[int, int], int]] = [{}]
+        self._snapshot_index = [0]  # events folded into each snapshot
+        state, applied = {}, 0
+        for k in range(1, self.last_step // STEPS_PER_SEGMENT + 1):
+            applied = self._apply(state, applied, k * STEPS_PER_SEGMENT)
+            self._snapshots.append(dict(state))
+            self._snapshot_index.append(applied)
+
+    def _apply(self, state: dict[tuple[int, int], int], applied: int, boundary: int) -> int:
+        """Fold the events before step `boundary` (from index `applied` on) into `state`."""
+        while applied < len(self.events) and self.steps[applied] < boundary:
+            kind, program, pitch, velocity = self.events[applied]
             if kind != _DRUM:
                 state[(pitch, program)] = velocity
             applied += 1
-        tied = sorted((k for k, v in state.items() if v), key=lambda k: (k[1], k[0]))
-        raw = [t for pitch, program in tied for t in (C.PROGRAM_BASE + program, C.PITCH_BASE + pitch)]
-        raw.append(C.TIE)
+        return applied
 
-        lo = bisect.bisect_left(steps, start) if j else 0
-        hi = bisect.bisect_left(steps, start + STEPS_PER_SEGMENT) if j < total - 1 else len(steps)
-        segments.append(_run_length_encode(raw, steps[lo:hi], events[lo:hi], start))
-    return segments
+    def sounding(self, step: int) -> list[tuple[int, int]]:
+        """The (pitch, program) of every note sounding at `step`, sorted by (program, pitch): the tie section.
+
+        As the reference: the state before the events at min(step, last event step) (an MT3 quirk for
+        windows after the last event)."""
+        boundary = min(step, self.last_step)
+        k = max(0, boundary) // STEPS_PER_SEGMENT
+        state = dict(self._snapshots[k])
+        self._apply(state, self._snapshot_index[k], boundary)
+        return sorted((key for key, v in state.items() if v), key=lambda key: (key[1], key[0]))
+
+    def window(self, start: int, stop: int) -> list[int]:
+        """Token ids (EOS included, no padding) of the steps [start, stop): its tie section, then its events
+        with shifts counted from `start`. A window reaching the end of the last grid segment also takes any
+        later event, as the reference's last segment does."""
+        raw = [t for pitch, program in self.sounding(start) for t in (C.PROGRAM_BASE + program,
+               C.PITCH_BASE + pitch)]  # fmt: skip
+        raw.append(C.TIE)
+        lo = bisect.bisect_left(self.steps, start)
+        hi = len(self.steps) if stop >= self.end_step else bisect.bisect_left(self.steps, stop)
+        return _run_length_encode(raw, self.steps[lo:hi], self.events[lo:hi], start)
+
+    def segment(self, j: int) -> list[int]:
+        """Grid segment j's tokens, as inference reads them."""
+        return self.window(j * STEPS_PER_SEGMENT, (j + 1) * STEPS_PER_SEGMENT)
+
+    def chunk_tokens(self, start_frame: int, frames: int = FRAMES_PER_SEGMENT) -> list[int]:
+        """The tokens of `frames` spectrogram frames from frame `start_frame` (20 ms each): a training
+        chunk. On the 5.12 s grid (start_frame = 256 j) this is segment j exactly."""
+        start = start_frame * STEPS_PER_FRAME
+        return self.window(start, start + frames * STEPS_PER_FRAME)
+
+
+def tokenize_notes(notes: Iterable[Note], duration: float) -> list[list[int]]:
+    """Token ids per segment, EOS included and no padding; a segment may exceed the model's 2048 positions."""
+    events = NoteEvents(notes, duration)
+    return [events.segment(j) for j in range(events.num_segments)]
 
 
 def _velocity_bin(velocity: int) -> int:
