@@ -192,7 +192,7 @@ ProgramOpt = Annotated[
     typer.Option(
         "--program",
         metavar="FROM=TO",
-        help="Play every track of General MIDI program FROM as TO (0-127 or a name: 0=40, piano=violin). "
+        help="Play every track of General MIDI program FROM as TO (0-127 or a name: 0=40, 0=violin). "
         "Repeatable.",
     ),
 ]
@@ -540,7 +540,7 @@ def render_command(
 
       spectrosynth render song.mid song.wav
 
-      spectrosynth render song.mid song.flac --program piano=violin --mute 3 --start 30 --duration 20
+      spectrosynth render song.mid song.flac --program 0=violin --mute 3 --start 30 --duration 20
 
       spectrosynth render song.mid song.wav --sampler ddpm --steps 1000 --guidance 2
 
@@ -816,6 +816,246 @@ def download_command(
     size = weights.verify_model(folder)
     typer.echo(f"{folder}")
     _note(f"{model} is complete and checked ({size / 1e9:.2f} GB)", quiet)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dataset and train
+
+
+def _is_main_process() -> bool:
+    """False in torchrun's processes other than rank 0, which keep quiet."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command("dataset")
+@friendly_errors
+def dataset_command(
+    pairs_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder searched (recursively) for song.mid + song.wav/.flac/.ogg/.mp3 pairs.",
+            metavar="PAIRS_DIR",
+        ),
+    ],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Dataset folder to create or add to (Parquet shards).", metavar="DATA_DIR")
+    ],
+    soundfont: Annotated[
+        str | None,
+        typer.Option(
+            "--soundfont",
+            metavar="FILE.sf2",
+            help="Render the audio from the MIDI files with this SoundFont (FluidSynth) instead of reading "
+            "recordings; 'builtin' is the small General MIDI font that pretty_midi ships.",
+        ),
+    ] = None,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            metavar="FRACTION",
+            min=0.0,
+            max=0.99,
+            help="Set aside about this share of the songs (whole songs, chosen by name) for validation.",
+        ),
+    ] = 0.0,  # fmt: skip
+    program: ProgramOpt = None,
+    track: TrackOpt = None,
+    mute: MuteOpt = None,
+    no_drums: NoDrumsOpt = False,
+    max_extra: Annotated[
+        float,
+        typer.Option(
+            "--max-extra",
+            metavar="SECONDS",
+            min=0.0,
+            help="How much longer than the MIDI's last note the audio may last (a longer one is taken for "
+            "another performance); it may be up to 1 s shorter.",
+        ),
+    ] = 10.0,  # fmt: skip
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", metavar="N", min=1, help="Pairs processed at once, in N processes.")
+    ] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Process only shard I of N (1-based, split by name): N machines (a Slurm array) build one "
+            "dataset together.",
+        ),
+    ] = None,  # fmt: skip
+    save_audio: Annotated[
+        bool,
+        typer.Option("--save-audio", help="Also keep each song's 16 kHz audio as DATA_DIR/audio/ID.flac."),
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a training dataset from (MIDI, audio) pairs, or render the audio with a SoundFont.
+
+    Each song becomes one row: its notes as the model hears them and its whole log-mel spectrogram, in
+    Parquet shards under DATA_DIR (docs/training.md). Run it again to resume or to add new pairs; each
+    unusable pair (unreadable, silent, lengths that disagree) is reported in one line and skipped.
+
+    Examples:
+
+      spectrosynth dataset bounces/ data/ --holdout 0.1 --jobs 4
+
+      spectrosynth dataset midi/ data/ --soundfont builtin --program 0-7=0 --save-audio
+    """
+    from spectrosynth.batch.jobs import parse_shard
+    from spectrosynth.data import DatasetReader, DatasetSettings, build_dataset
+    from spectrosynth.errors import SpectrosynthError
+    from spectrosynth.progress import DatasetProgressDisplay
+
+    font = None
+    if soundfont is not None:
+        from spectrosynth.soundfont import default_soundfont
+
+        font = default_soundfont() if soundfont == "builtin" else Path(soundfont)
+    settings = DatasetSettings(tuple(program or ()), tuple(track or ()), tuple(mute or ()), no_drums,
+                               holdout, None, max_extra)  # fmt: skip
+    parsed_shard = parse_shard(shard) if shard is not None else None
+    began = time.monotonic()
+    with DatasetProgressDisplay(quiet) as display:
+        report = build_dataset(pairs_dir, data_dir, settings, soundfont=font, jobs=jobs, shard=parsed_shard,
+                               save_audio=save_audio, planned=display.planned, progress=display)  # fmt: skip
+    try:
+        songs = DatasetReader(data_dir).songs
+    except SpectrosynthError:
+        songs = []
+    if not songs:
+        raise SpectrosynthError(
+            f"no usable pairs in {pairs_dir} ({len(report.rejected)} unusable, listed above); see "
+            "docs/training.md for what a pair needs"
+        )
+    validation = sum(s.split == "validation" for s in songs)
+    for song, gain in report.attenuated:
+        _note(f"{song}: {-gain:.1f} dB quieter, so that its loudest bins stay under the mel's ceiling", quiet)
+    _note(
+        f"added {len(report.added)} songs ({report.audio_seconds / 3600:.2f} h of audio) in "
+        f"{time.monotonic() - began:.0f} s; {report.existing} were already there, {len(report.rejected)} "
+        f"unusable; {data_dir} holds {len(songs)} songs ({len(songs) - validation} training, {validation} "
+        "validation)",
+        quiet,
+    )
+
+
+def _train_options(**given) -> dict[str, Any]:
+    """The options given on the command line (None: not given), as TrainOptions fields."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _given(kind: type, *names: str, metavar: str, help: str, **limits) -> Any:
+    """A `train` option whose absence is None (the run's recipe decides, or --resume keeps the stored one)."""
+    return Annotated[kind | None, typer.Option(*names, metavar=metavar, help=help, **limits)]
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    data_dir: Annotated[Path, typer.Argument(help="A dataset (spectrosynth dataset).", metavar="DATA_DIR")],
+    out_dir: Annotated[Path, typer.Argument(help="Run folder: checkpoints, logs, final/", metavar="OUT_DIR")],
+    config: _given(str, "--config", metavar="SIZE|FILE.json", help="From scratch: tiny, mini (default), "
+                   "small, base (the authors' sizes), or a JSON file of d_model, num_layers, num_heads, "
+                   "d_kv, d_ff.") = None,
+    init: _given(str, "--init", metavar="REPO|DIR", help="Fine-tune this model (a hub repo id or a folder in "
+                 "the published layout), e.g. google/music-spectrogram-diffusion.") = None,
+    revision: RevisionOpt = None,
+    mode: _given(str, "--mode", metavar="full|decoder|lora", help="full: every network; decoder: the decoder "
+                 "alone, encoders frozen; lora: LoRA adapters on the decoder, merged into the saved model. "
+                 "Default: full.") = None,
+    max_steps: _given(int, "--max-steps", metavar="N", min=1, help="Optimizer steps in all. Default: "
+                      "500000 from scratch (the original), 5000 to fine-tune.") = None,
+    batch_size: _given(int, "--batch-size", "-b", metavar="N", min=1, help="Examples per optimizer step, "
+                       "over all processes. Default: 32.") = None,
+    grad_accum: _given(int, "--grad-accum", metavar="K", min=1, help="Micro-batches per step (each process): "
+                       "less memory, the same step.") = None,
+    lr: _given(float, "--lr", metavar="LR", help="Learning rate. Default: 1e-3 from scratch, 1e-4 to "
+               "fine-tune.") = None,
+    warmup: _given(int, "--warmup", metavar="STEPS", min=0, help="Linear warm-up steps. Default: 0 (100 for "
+                   "LoRA).") = None,
+    lr_schedule: _given(str, "--lr-schedule", metavar="constant|cosine|linear", help="After the warm-up: "
+                        "constant (the original's, the default), or a cosine or linear decay to 0 at "
+                        "--max-steps.") = None,
+    optimizer: _given(str, "--optimizer", metavar="adafactor|adamw", help="Default: adafactor (as the "
+                      "original), adamw for LoRA.") = None,
+    grad_clip: _given(float, "--grad-clip", metavar="NORM", min=0.0, help="Clip the gradient norm (0: "
+                      "never). Default: 0 (as the original), 1 for LoRA.") = None,
+    precision: _given(str, "--precision", metavar="auto|float32|bfloat16", help="auto: bfloat16 autocast "
+                      "where the device is fast at it (CUDA, a CPU with AMX).") = None,
+    dropout: _given(float, "--dropout", metavar="P", min=0.0, max=0.99, help="Network dropout. Default: "
+                    "0.1.") = None,
+    cfg_dropout: _given(float, "--cfg-dropout", metavar="P", min=0.0, max=0.99, help="Share of examples "
+                        "trained without conditions, for guidance. Default: 0.1.") = None,
+    start_rate: _given(float, "--start-rate", metavar="P", min=0.0, max=1.0, help="Share of examples that "
+                       "are a song's opening, with no context (as a render's first segment). "
+                       "Default: 0.05.") = None,
+    lora_rank: _given(int, "--lora-rank", metavar="R", min=1, help="Default: 16.") = None,
+    lora_alpha: _given(float, "--lora-alpha", metavar="A", help="Default: the rank.") = None,
+    lora_targets: _given(str, "--lora-targets", metavar="attention|attention+film|all",
+                         help="Default: attention.") = None,
+    seed: _given(int, "--seed", metavar="N", min=0, help="Default: 0.") = None,
+    val_every: _given(int, "--val-every", metavar="N", min=0, help="Validation loss every N steps (0: "
+                      "never). Default: 500.") = None,
+    val_examples: _given(int, "--val-examples", metavar="N", min=1, help="Default: 64.") = None,
+    checkpoint_every: _given(int, "--checkpoint-every", metavar="N", min=1, help="Default: 1000.") = None,
+    keep_checkpoints: _given(int, "--keep-checkpoints", metavar="K", min=1, help="Default: 3.") = None,
+    log_every: _given(int, "--log-every", metavar="N", min=1, help="Default: 10.") = None,
+    device: DeviceOpt = "auto",
+    workers: _given(int, "--workers", metavar="N", min=0, help="Data-loading processes per training "
+                    "process.") = None,
+    vocoder: _given(str, "--vocoder", metavar="REPO|DIR|FILE.onnx", help="Ship final/ with this model's "
+                    "SoundStream inverter. Default: the --init model's, or the published model's when it is "
+                    "in the Hugging Face cache.") = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in OUT_DIR from its last checkpoint.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    """Train a model from scratch, or fine-tune one, on a dataset from `spectrosynth dataset`.
+
+    The result is OUT_DIR/final in the published layout: render with it as with the published model.
+    Ctrl-C (or SIGTERM) checkpoints and stops; --resume continues exactly where it stopped. On several
+    GPUs or machines: torchrun --nproc_per_node N -m spectrosynth train ... (docs/training.md).
+
+    Examples:
+
+      spectrosynth train data/ runs/mine --init google/music-spectrogram-diffusion --mode lora
+
+      spectrosynth train data/ runs/scratch --config small --batch-size 64
+
+      spectrosynth train data/ runs/mine --resume
+    """
+    from spectrosynth.progress import TrainProgressDisplay
+    from spectrosynth.training import TrainOptions, resumed_options, train
+
+    given = _train_options(
+        config=config, init=init, revision=revision, mode=mode, max_steps=max_steps, batch_size=batch_size,
+        grad_accum=grad_accum, lr=lr, warmup=warmup, lr_schedule=lr_schedule, optimizer=optimizer,
+        grad_clip=grad_clip, precision=precision, dropout=dropout, cfg_dropout=cfg_dropout,
+        start_rate=start_rate, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
+        seed=seed, val_every=val_every, val_examples=val_examples, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, log_every=log_every, workers=workers, vocoder=vocoder,
+    )  # fmt: skip
+    if resume:
+        options = resumed_options(out_dir, data_dir=str(data_dir), device=device, **given)
+    else:
+        options = TrainOptions(str(data_dir), str(out_dir), device=device, **given)
+    quiet = quiet or not _is_main_process()
+    with TrainProgressDisplay(quiet) as display:
+        result = train(options, callback=display, resume=resume)
+    if result.stopped:
+        raise _fail(
+            f"stopped at step {result.step} after writing a checkpoint; run the same command with --resume "
+            "to go on",
+            130,
+        )
+    _note(
+        f"trained {result.step} steps; the model is in {result.model} (spectrosynth render song.mid out.wav "
+        f"--model {result.model})",
+        quiet,
+    )
 
 
 def main() -> None:

@@ -1,16 +1,20 @@
-"""Render progress on stderr: a rich progress bar on a terminal, plain lines otherwise, nothing when quiet.
+"""Progress on stderr: a rich progress bar on a terminal, plain lines otherwise, nothing when quiet.
 
-The library reports `pipeline.Progress` events through a callback; this module only draws them.
+The library reports events through callbacks (`pipeline.Progress`, the batch's results, the dataset
+builder's songs, `training.TrainProgress`); this module only draws them.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from spectrosynth.constants import SEGMENT_SECONDS
-from spectrosynth.pipeline import Progress
+
+if TYPE_CHECKING:
+    from spectrosynth.pipeline import Progress
+    from spectrosynth.training import TrainProgress
 
 
 def _clock(seconds: float) -> str:
@@ -96,34 +100,24 @@ class RenderProgress:
             )
 
 
-class BatchProgressDisplay:
-    """Progress of a whole batch run on stderr (spectrosynth.batch.run.BatchProgress): files done and failed,
-    audio rendered, speed as a multiple of real time, ETA and workers. A live line on a terminal, one line
-    per finished file otherwise; notes (skips, warnings) as they come, nothing but errors when quiet."""
+class _Live:
+    """A rich progress bar on a terminal (None elsewhere or when quiet), and printing beside it."""
 
-    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+    def __init__(self, quiet: bool, stream: TextIO | None):
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
-        self.total = self.to_render = self.done = self.failed = 0
-        self.audio = 0.0
-        self.alive: tuple[int, int] | None = None
-        self._start = time.monotonic()
         self._bar = None
         self._task = None
 
-    def __enter__(self) -> BatchProgressDisplay:
-        self._start = time.monotonic()
-        if not self.quiet and self.stream.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    def _start_bar(self, *columns, total: float | None, **fields) -> None:
+        if self.quiet or not self.stream.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import Progress as Bar
 
-            self._bar = Progress(
-                TextColumn("batch"), BarColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn(),
-                console=Console(file=self.stream), transient=False,
-            )  # fmt: skip
-            self._bar.start()
-            self._task = self._bar.add_task("batch", total=None, line="planning")
-        return self
+        self._bar = Bar(*columns, console=Console(file=self.stream), transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task("", total=total, **fields)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
@@ -134,6 +128,31 @@ class BatchProgressDisplay:
             self._bar.console.print(message, highlight=False, markup=False, soft_wrap=True)
         else:
             print(message, file=self.stream, flush=True)
+
+    def _update(self, **values) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, **values)
+
+
+class BatchProgressDisplay(_Live):
+    """Progress of a whole batch run on stderr (spectrosynth.batch.run.BatchProgress): files done and failed,
+    audio rendered, speed as a multiple of real time, ETA and workers. A live line on a terminal, one line
+    per finished file otherwise; notes (skips, warnings) as they come, nothing but errors when quiet."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+        super().__init__(quiet, stream)
+        self.total = self.to_render = self.done = self.failed = 0
+        self.audio = 0.0
+        self.alive: tuple[int, int] | None = None
+        self._start = time.monotonic()
+
+    def __enter__(self) -> BatchProgressDisplay:
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+        self._start = time.monotonic()
+        columns = (BarColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn())
+        self._start_bar(TextColumn("batch"), *columns, total=None, line="planning")
+        return self
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -181,5 +200,77 @@ class BatchProgressDisplay:
         return ", ".join(parts)
 
     def _refresh(self) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, total=self.to_render or None, completed=self.done, line=self.line())
+        self._update(total=self.to_render or None, completed=self.done, line=self.line())
+
+
+class DatasetProgressDisplay(_Live):
+    """`spectrosynth dataset`: songs added out of those to do; every unusable pair as a one-line note (even
+    when quiet: they are the run's findings)."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+        super().__init__(quiet, stream)
+        self.todo = self.added = self.rejected = 0
+
+    def __enter__(self) -> DatasetProgressDisplay:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn())
+        self._start_bar(TextColumn("dataset"), *columns, total=None, line="reading pairs")
+        return self
+
+    def planned(self, todo: int) -> None:
+        self.todo = todo
+        self._update(total=todo, line="")
+
+    def __call__(self, song: str, what: str, reason: str | None) -> None:
+        if what == "rejected":
+            self.rejected += 1
+            self._print(f"spectrosynth: skipped {song}: {reason}")
+        elif what == "added":
+            self.added += 1
+            if self._bar is None and not self.quiet:
+                self._print(f"spectrosynth: [{self.added + self.rejected}/{self.todo}] added {song}")
+        self._update(completed=self.added, line=f"{self.rejected} unusable")
+
+
+class TrainProgressDisplay(_Live):
+    """`spectrosynth train`: step, loss, validation loss, examples/s and ETA; a bar on a terminal, one line
+    per logged step otherwise; checkpoints and notes as lines."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+        super().__init__(quiet, stream)
+        self.val_loss: float | None = None
+
+    def __enter__(self) -> TrainProgressDisplay:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn())
+        self._start_bar(TextColumn("train"), *columns, total=None, line="starting")
+        return self
+
+    def __call__(self, p: TrainProgress) -> None:
+        if p.event == "validation":
+            self.val_loss = p.val_loss
+        if self.quiet:
+            return
+        if p.event in ("start", "note"):
+            self._print(f"spectrosynth: {p.message}")
+        elif p.event == "checkpoint":
+            self._print(f"spectrosynth: step {p.step}: checkpoint {p.message}")
+        elif p.event == "validation":
+            self._print(f"spectrosynth: step {p.step}: validation loss {p.val_loss:.4f}")
+        elif p.event == "step":
+            line = self.line(p)
+            if self._bar is None:
+                self._print(f"spectrosynth: step {p.step}/{p.max_steps}: {line}")
+        if p.event == "step":
+            self._update(total=p.max_steps, completed=p.step, line=self.line(p))
+
+    def line(self, p: TrainProgress) -> str:
+        parts = [f"loss {p.loss:.4f}" if p.loss is not None else "loss -",
+                 f"val {self.val_loss:.4f}" if self.val_loss is not None else "val -"]  # fmt: skip
+        if p.examples_per_second:
+            parts.append(f"{p.examples_per_second:.1f} examples/s")
+        if p.eta_seconds is not None:
+            parts.append(f"ETA {_clock(p.eta_seconds)}")
+        return ", ".join(parts)

@@ -19,6 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from spectrosynth.presets import (  # noqa: F401 (re-exported for tests)
+    CLASS_NAMES,
+    PUBLISHED_DIFFUSERS_VERSION,
+    model_configs,
+    model_index,
+    scheduler_config,
+)
 from spectrosynth.weights import (
     COMPONENTS,
     MELGAN,
@@ -29,88 +36,19 @@ from spectrosynth.weights import (
     published_keys,
 )
 
-#: The diffusers version the published configs were written by.
-PUBLISHED_DIFFUSERS_VERSION = "0.14.0.dev0"
-
-CLASS_NAMES = {
-    "notes_encoder": "SpectrogramNotesEncoder",
-    "continuous_encoder": "SpectrogramContEncoder",
-    "decoder": "T5FilmDecoder",
-}
-
 #: Mel bins, and waveform samples per frame of the vocoder (16 kHz, 20 ms hop).
 MEL_BINS = 128
 SAMPLES_PER_FRAME = 320
 
 
-def scheduler_config() -> dict[str, Any]:
-    """scheduler/scheduler_config.json as published."""
-    return {
-        "_class_name": "DDPMScheduler",
-        "_diffusers_version": PUBLISHED_DIFFUSERS_VERSION,
-        "beta_end": 0.02,
-        "beta_schedule": "squaredcos_cap_v2",
-        "beta_start": 0.0001,
-        "clip_sample": True,
-        "clip_sample_range": 1.0,
-        "num_train_timesteps": 1000,
-        "prediction_type": "epsilon",
-        "trained_betas": None,
-        "variance_type": "fixed_large",
-    }
-
-
-def model_index() -> dict[str, Any]:
-    """model_index.json as published."""
-    return {
-        "_class_name": "SpectrogramDiffusionPipeline",
-        "_diffusers_version": PUBLISHED_DIFFUSERS_VERSION,
-        "continuous_encoder": ["spectrogram_diffusion", "SpectrogramContEncoder"],
-        "decoder": ["diffusers", "T5FilmDecoder"],
-        "melgan": ["diffusers", "OnnxRuntimeModel"],
-        "notes_encoder": ["spectrogram_diffusion", "SpectrogramNotesEncoder"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-    }
-
-
-def _configs(
-    d_model: int, num_layers: int, num_heads: int, d_kv: int, d_ff: int
-) -> dict[str, dict[str, Any]]:
-    size = {"d_model": d_model, "num_layers": num_layers, "num_heads": num_heads, "d_kv": d_kv, "d_ff": d_ff}
-    t5 = {**size, "dropout_rate": 0.1, "feed_forward_proj": "gated-gelu", "is_decoder": False}
-    header = {
-        c: {"_class_name": n, "_diffusers_version": PUBLISHED_DIFFUSERS_VERSION}
-        for c, n in CLASS_NAMES.items()
-    }
-    return {
-        "notes_encoder": {**header["notes_encoder"], "max_length": 2048, "vocab_size": 1536, **t5},
-        "continuous_encoder": {
-            **header["continuous_encoder"],
-            "input_dims": 128,
-            "targets_context_length": 256,
-            **t5,
-        },
-        "decoder": {
-            **header["decoder"],
-            "input_dims": 128,
-            "targets_length": 256,
-            "max_decoder_noise_time": 20000.0,
-            **size,
-            "dropout_rate": 0.1,
-        },
-        "scheduler": scheduler_config(),
-    }
-
-
 def base_configs() -> dict[str, dict[str, Any]]:
     """The published configs (base_with_context), keyed by component, "scheduler" included."""
-    return _configs(d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=2048)
+    return model_configs("base")
 
 
 def tiny_configs() -> dict[str, dict[str, Any]]:
     """A tiny model with the published lengths, vocabulary and mel bins, so real token segments fit."""
-    # Attention width 2 x 24 = 48 is not d_model = 32: a transposed q/k/v/o weight fails the shape check.
-    return _configs(d_model=32, num_layers=2, num_heads=2, d_kv=24, d_ff=64)
+    return model_configs("tiny")
 
 
 def _is_norm(key: str) -> bool:

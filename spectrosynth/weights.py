@@ -76,6 +76,12 @@ def weights_file(folder: str | os.PathLike[str], component: str) -> Path | None:
 def check_layout(folder: str | os.PathLike[str]) -> None:
     """Raise ModelLayoutError naming what is missing when `folder` is not in the published layout."""
     missing = missing_files(folder)
+    if missing == [MELGAN]:
+        raise ModelLayoutError(
+            f"model folder {folder} has no vocoder ({MELGAN}), as a model trained from scratch has none; "
+            f"copy {MELGAN} from {DEFAULT_MODEL} (`spectrosynth download` prints where it is), or train "
+            "with --vocoder"
+        )
     if missing:
         raise ModelLayoutError(
             f"model folder {folder} is incomplete: missing {', '.join(missing)}; "

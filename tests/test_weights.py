@@ -113,6 +113,15 @@ def test_local_folder_with_missing_parts_names_them(tiny):
     assert "melgan/model.onnx" in message and "notes_encoder" not in message
 
 
+def test_a_folder_without_a_vocoder_says_where_to_get_one(tiny):
+    (tiny / "melgan" / "model.onnx").unlink()
+    with pytest.raises(ModelLayoutError) as e:
+        resolve_model(tiny)
+    message = one_line(e.value)
+    assert "has no vocoder (melgan/model.onnx), as a model trained from scratch has none" in message
+    assert "spectrosynth download" in message and "--vocoder" in message
+
+
 def test_empty_folder_lists_everything(tmp_path):
     with pytest.raises(ModelLayoutError) as e:
         resolve_model(tmp_path)

@@ -19,6 +19,7 @@ from torch import nn
 
 from spectrosynth.models.layers import (
     Attention,
+    Dropout,
     FromConfig,
     GatedGeluMLP,
     RMSNorm,
@@ -42,6 +43,7 @@ class DecoderConfig(FromConfig):
     input_dims: int = 128  # mel bins
     targets_length: int = 256  # frames per segment
     max_decoder_noise_time: float = 2000.0  # the published checkpoint says 20000.0: always read the config
+    dropout_rate: float = 0.1  # training only
 
 
 class FiLM(nn.Module):
@@ -73,7 +75,8 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Attention(c.d_model, c.num_heads, c.d_kv)
         self.mlp_norm = RMSNorm(c.d_model)
         self.mlp_film = FiLM(4 * c.d_model, c.d_model)
-        self.mlp = GatedGeluMLP(c.d_model, c.d_ff)
+        self.mlp = GatedGeluMLP(c.d_model, c.d_ff, c.dropout_rate)
+        self.dropout = Dropout(c.dropout_rate)  # training only: on each branch's output
 
     def forward(
         self, y, films: tuple[FilmParams, FilmParams], kv: KV, key_mask=None, conditioned: int | None = None
@@ -85,16 +88,17 @@ class DecoderLayer(nn.Module):
         return self.feed_forward(y, films[1])
 
     def self_attention(self, y: torch.Tensor, film: FilmParams) -> torch.Tensor:
-        return clamp_float16(y + self.self_attn(FiLM.apply(self.self_attn_norm(y), film)))
+        return clamp_float16(y + self.dropout(self.self_attn(FiLM.apply(self.self_attn_norm(y), film))))
 
     def cross_attention(self, y, kv: KV, key_mask=None, conditioned: int | None = None) -> torch.Tensor:
         if conditioned is not None and conditioned < y.shape[0]:
             head = self.cross_attention(y[:conditioned], kv, key_mask)
             return torch.cat([head, y[conditioned:]])
-        return clamp_float16(y + self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask))
+        attended = self.cross_attn(self.cross_attn_norm(y), kv=kv, key_mask=key_mask)
+        return clamp_float16(y + self.dropout(attended))
 
     def feed_forward(self, y: torch.Tensor, film: FilmParams) -> torch.Tensor:
-        return clamp_float16(y + self.mlp(FiLM.apply(self.mlp_norm(y), film)))
+        return clamp_float16(y + self.dropout(self.mlp(FiLM.apply(self.mlp_norm(y), film))))
 
 
 class FilmDecoder(nn.Module):
@@ -108,6 +112,7 @@ class FilmDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
         self.final_norm = RMSNorm(c.d_model)
         self.output_proj = nn.Linear(c.d_model, c.input_dims, bias=False)
+        self.dropout = Dropout(c.dropout_rate)  # training only: after the input and the final norm
 
     def conditioning(self, noise_time: torch.Tensor) -> list[tuple[FilmParams, FilmParams]]:
         """noise_time (B,) in [0, 1) -> per layer, the FiLM (1 + scale, shift) of its self-attention and of
@@ -150,7 +155,7 @@ class FilmDecoder(nn.Module):
         cross-attention both branches are the same, so the first self-attention is computed once.
         """
         b = x.shape[0]
-        y = self.input_proj(x) + self.position_embedding.weight[: x.shape[1]]
+        y = self.dropout(self.input_proj(x) + self.position_embedding.weight[: x.shape[1]])
         for i, (layer, film, kv) in enumerate(zip(self.layers, films, kvs, strict=True)):
             if unconditional and i == 0:
                 y = layer.self_attention(y, film[0])
@@ -158,7 +163,7 @@ class FilmDecoder(nn.Module):
                 y = layer.feed_forward(y, film[1])
             else:
                 y = layer(y, film, kv, key_mask, conditioned=b if unconditional else None)
-        return self.output_proj(self.final_norm(y))
+        return self.output_proj(self.dropout(self.final_norm(y)))
 
 
 DECODER_KEY_MAP = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spectrosynth.models.layers import EncoderLayer, FromConfig, RMSNorm
+from spectrosynth.models.layers import Dropout, EncoderLayer, FromConfig, RMSNorm
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class EncoderConfig(FromConfig):
     vocab_size: int = 1536  # notes encoder: embedding rows
     input_dims: int = 128  # context encoder: mel bins
     targets_context_length: int = 256  # context encoder: frames
+    dropout_rate: float = 0.1  # training only
 
 
 class Encoder(nn.Module):
@@ -38,9 +39,11 @@ class Encoder(nn.Module):
         self.position_embedding = nn.Embedding(num_positions, config.d_model)
         c = config
         self.layers = nn.ModuleList(
-            EncoderLayer(c.d_model, c.num_heads, c.d_kv, c.d_ff) for _ in range(c.num_layers)
+            EncoderLayer(c.d_model, c.num_heads, c.d_kv, c.d_ff, c.dropout_rate) for _ in range(c.num_layers)
         )
         self.final_norm = RMSNorm(c.d_model)
+        self.dropout = Dropout(c.dropout_rate)  # training only: after the embedding ...
+        self.final_dropout = Dropout(c.dropout_rate, shared=False)  # ... and the final norm
 
     def fuse_projections(self) -> None:
         """Merge q/k/v and wi_0/wi_1 into single matrix products (see FilmDecoder.fuse_projections)."""
@@ -50,10 +53,10 @@ class Encoder(nn.Module):
 
     def encode(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, T, C) embedded inputs -> (B, T, C)."""
-        x = x + self.position_embedding.weight[: x.shape[1]]
+        x = self.dropout(x + self.position_embedding.weight[: x.shape[1]])
         for layer in self.layers:
             x = layer(x, key_mask)
-        return self.final_norm(x)
+        return self.final_dropout(self.final_norm(x))
 
 
 class NotesEncoder(Encoder):
@@ -77,14 +80,23 @@ class ContextEncoder(Encoder):
 
     The pipeline uses it with every frame valid (segments after the first); the first segment's context is
     fully masked in the decoder, so it is not computed at all (see pipeline.py).
+
+    Training also feeds shorter contexts (the start of a song): L < 256 valid frames, **right-aligned**
+    (frames 256 - L .. 255) with key_mask False before them. Frame i then gets position i, which is the
+    original's "terminal_relative" positions (it stores the frames left-aligned and rolls the positions so
+    the last valid frame is always at position 255). Only keys are masked: the masked rows' outputs are
+    left as they come and the decoder's cross-attention gives them zero weight. A row must keep at least
+    one valid key (an all-masked row would be NaN); a context that is wholly absent is masked in the
+    decoder instead.
     """
 
     def __init__(self, config: EncoderConfig):
         super().__init__(config, config.targets_context_length)
         self.input_proj = nn.Linear(config.input_dims, config.d_model, bias=False)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.input_proj(features), None)
+    def forward(self, features: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, 256, 128); key_mask (B, 256) bool, True for the valid (right-aligned) frames."""
+        return self.encode(self.input_proj(features), key_mask)
 
 
 # Published (diffusers) state-dict names -> ours, for both encoders. Applied by models.load.

@@ -96,14 +96,36 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-class GatedGeluMLP(nn.Module):
-    """wo(gelu_tanh(wi_0 x) * wi_1 x)"""
+class Dropout(nn.Module):
+    """Dropout as the original's T5 (flax `nn.Dropout(broadcast_dims=(-2,))`): one mask per example and
+    channel, shared along the sequence (frames or tokens), scaled by 1 / (1 - p). Training only: in eval mode
+    it returns its input. `shared=False` draws a mask per element (the original does so after the encoders'
+    final norm)."""
 
-    def __init__(self, d_model: int, d_ff: int):
+    def __init__(self, p: float = 0.0, shared: bool = True):
+        super().__init__()
+        self.p, self.shared = p, shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        shape = (x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]) if self.shared else x.shape
+        keep = torch.rand(shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared={self.shared}"
+
+
+class GatedGeluMLP(nn.Module):
+    """wo(dropout(gelu_tanh(wi_0 x) * wi_1 x))"""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
         super().__init__()
         self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
         self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
         self.wo = nn.Linear(d_ff, d_model, bias=False)
+        self.dropout = Dropout(dropout)  # training only, as T5's (a no-op in eval mode)
         self.wi: nn.Linear | None = None  # set by fuse_input_projections
 
     def fuse_input_projections(self) -> None:
@@ -116,23 +138,26 @@ class GatedGeluMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.wi is not None:
             gate, linear = self.wi(x).chunk(2, dim=-1)
-            return self.wo(gelu_tanh(gate) * linear)
-        return self.wo(gelu_tanh(self.wi_0(x)) * self.wi_1(x))
+            return self.wo(self.dropout(gelu_tanh(gate) * linear))
+        return self.wo(self.dropout(gelu_tanh(self.wi_0(x)) * self.wi_1(x)))
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm T5 encoder block: self-attention then feed-forward, each with a residual."""
+    """Pre-norm T5 encoder block: self-attention then feed-forward, each with a residual.
 
-    def __init__(self, d_model: int, num_heads: int, d_kv: int, d_ff: int):
+    Dropout (training only) on each branch's output and inside the feed-forward, as T5."""
+
+    def __init__(self, d_model: int, num_heads: int, d_kv: int, d_ff: int, dropout: float = 0.0):
         super().__init__()
         self.attn_norm = RMSNorm(d_model)
         self.attn = Attention(d_model, num_heads, d_kv)
         self.mlp_norm = RMSNorm(d_model)
-        self.mlp = GatedGeluMLP(d_model, d_ff)
+        self.mlp = GatedGeluMLP(d_model, d_ff, dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = clamp_float16(x + self.attn(self.attn_norm(x), key_mask=key_mask))
-        return clamp_float16(x + self.mlp(self.mlp_norm(x)))
+        x = clamp_float16(x + self.dropout(self.attn(self.attn_norm(x), key_mask=key_mask)))
+        return clamp_float16(x + self.dropout(self.mlp(self.mlp_norm(x))))
 
 
 def clamp_float16(x: torch.Tensor) -> torch.Tensor:
