@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench demo clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench:
 	$(BIN)/python bench/sampler_speed.py --checkpoint $(BASE_MODEL)
 	$(BIN)/python bench/batch_bench.py --checkpoint $(BASE_MODEL)
 	$(BIN)/python bench/memory_bench.py --minutes 10 --model $(BASE_MODEL) --dtype float32
+	$(BIN)/python bench/train_bench.py
+
+# The training demonstration (docs/training.md): a small model trained from scratch on this CPU, about an
+# hour; run it again to resume. DEMO_STEPS more than before trains on.
+DEMO_STEPS ?= 2400
+demo:
+	$(BIN)/python bench/train_demo.py --steps $(DEMO_STEPS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
