@@ -60,9 +60,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 COMPONENTS = ("notes_encoder", "continuous_encoder", "decoder")
 
 
-def scale_features(log_mel: torch.Tensor) -> torch.Tensor:
-    """Log-mel -> the decoder's [-1, 1] feature space (clipped to the log-mel range first)."""
-    clipped = torch.clip(log_mel, MIN_LOG_MEL, MAX_LOG_MEL)
+def scale_features(log_mel):
+    """Log-mel -> the decoder's [-1, 1] feature space (clipped to the log-mel range first). A torch tensor or
+    a numpy array (training examples are made in numpy), returned as the same kind and dtype."""
+    clipped = log_mel.clip(MIN_LOG_MEL, MAX_LOG_MEL)
     return (clipped - MIN_LOG_MEL) / (MAX_LOG_MEL - MIN_LOG_MEL) * 2.0 - 1.0
 
 

@@ -13,9 +13,10 @@ from spectrosynth import models
 from spectrosynth.constants import FRAMES_PER_SEGMENT, MIN_LOG_MEL
 from spectrosynth.data import DatasetReader, DatasetSettings, build_dataset
 from spectrosynth.errors import SpectrosynthError
+from spectrosynth.pipeline import scale_features
 from spectrosynth.presets import model_configs
 from spectrosynth.training import TrainOptions, train
-from spectrosynth.training.examples import TrainingExamples, collate, scale_features, validation_examples
+from spectrosynth.training.examples import TrainingExamples, collate, validation_examples
 from spectrosynth.training.model import initialise, new_networks, position_table, published_state
 from spectrosynth.training.objective import ZERO_PREDICTOR_LOSS, DiffusionObjective, diffuse, logsnr
 from spectrosynth.training.optim import make_optimizer

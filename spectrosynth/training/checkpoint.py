@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,33 @@ def saved_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """A folder written under a hidden temporary name beside `final` (`.NAME.tmp`), its files synced, and
+    renamed onto `final` when the block succeeds (replacing an existing one). On any error, Ctrl-C included,
+    the temporary is removed and `final` is left as it was."""
+    part = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    try:
+        yield part
+        for path in part.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            part.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            part.rename(final)
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+
+
 def save(
     out_dir: Path,
     step: int,
@@ -61,22 +90,13 @@ def save(
 
     folder = out_dir / CHECKPOINTS
     final = folder / f"step-{step:08d}"
-    part = folder / f".step-{step:08d}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir()
-        save_file(saved_tensors(module), part / _WEIGHTS)
-        torch.save(optimizer_state, part / _OPTIMIZER)
-        (part / _STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
-        for name in (_WEIGHTS, _OPTIMIZER, _STATE):
-            with open(part / name, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():  # the same step written again (a run stopped right after a checkpoint)
-            shutil.rmtree(final)
-        os.replace(part, final)
+        with atomic_folder(final) as part:
+            save_file(saved_tensors(module), part / _WEIGHTS)
+            torch.save(optimizer_state, part / _OPTIMIZER)
+            (part / _STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
     except OSError as e:
-        shutil.rmtree(part, ignore_errors=True)
         last = latest(out_dir)
         kept = f"the last good checkpoint, {last.path.name}, is intact" if last else "no checkpoint was kept"
         raise CheckpointError(

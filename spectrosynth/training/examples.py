@@ -32,18 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spectrosynth.constants import FRAMES_PER_SEGMENT, MAX_LOG_MEL, MIN_LOG_MEL, NUM_MEL_BINS
+from spectrosynth.constants import FRAMES_PER_SEGMENT, MIN_LOG_MEL, NUM_MEL_BINS
 from spectrosynth.data.store import DatasetReader, SongRef
 from spectrosynth.errors import SpectrosynthError
+from spectrosynth.pipeline import scale_features
 from spectrosynth.tokens import NoteEvents, fit_segment
 
 _VALIDATION_STREAM = 1 << 40  # seeds validation noise apart from every training example's
-
-
-def scale_features(log_mel: np.ndarray) -> np.ndarray:
-    """Log-mel -> the network's [-1, 1] space, clipped to the log-mel range (pipeline.scale_features)."""
-    clipped = np.clip(log_mel, MIN_LOG_MEL, MAX_LOG_MEL)
-    return ((clipped - MIN_LOG_MEL) / (MAX_LOG_MEL - MIN_LOG_MEL) * 2.0 - 1.0).astype(np.float32)
 
 
 @dataclass

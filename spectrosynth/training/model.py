@@ -215,16 +215,14 @@ def save_published(
     vocoder: Path | None,
 ) -> Path:
     """Write the networks as a model folder in the published layout (configs, safetensors per component,
-    the scheduler config, model_index.json and, when given, the vocoder copied), atomically: a temporary
-    folder beside `folder`, renamed over it when complete."""
+    the scheduler config, model_index.json and, when given, the vocoder copied), atomically
+    (checkpoint.atomic_folder)."""
     from safetensors.torch import save_file
 
+    from spectrosynth.training.checkpoint import atomic_folder
+
     folder = Path(folder)
-    part = folder.with_name(f".{folder.name}.tmp")
-    if part.exists():
-        shutil.rmtree(part)
-    try:
-        part.mkdir(parents=True)
+    with atomic_folder(folder) as part:
         (part / weights.MODEL_INDEX).write_text(json.dumps(model_index(), indent=2, sort_keys=True) + "\n")
         (part / "scheduler").mkdir()
         (part / weights.SCHEDULER_CONFIG).write_text(json.dumps(configs["scheduler"], indent=2) + "\n")
@@ -236,16 +234,4 @@ def save_published(
         if vocoder is not None:
             (part / "melgan").mkdir()
             shutil.copyfile(vocoder, part / weights.MELGAN)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            folder.rename(old)
-            part.rename(folder)
-            shutil.rmtree(old)
-        else:
-            part.rename(folder)
-    except BaseException:
-        shutil.rmtree(part, ignore_errors=True)
-        raise
     return folder
