@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from spectrosynth.constants import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_STEPS
+from spectrosynth.constants import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_VOCODER, SAMPLER_STEPS, VOCODERS
 
 # click's exception classes, taken from Typer's public BadParameter so that they are the ones Typer raises
 # (recent Typer versions ship their own copy of click).
@@ -143,7 +143,8 @@ DtypeOpt = Annotated[
     typer.Option(
         "--dtype",
         metavar="DTYPE",
-        help="Precision: float32, bfloat16, float16 (CUDA only), or auto (fastest).",
+        help="Precision: float32, bfloat16, float16 (CUDA only), int8 (CPU only: the decoder's products "
+        "quantized), or auto: bfloat16 where the device is fast at it, else float32 (docs/performance.md).",
     ),
 ]
 SamplerName = Enum("SamplerName", {name: name for name in SAMPLER_STEPS}, type=str)
@@ -154,6 +155,16 @@ SamplerOpt = Annotated[
         "--sampler",
         help=f"How each 5.12 s segment is sampled (docs/sampling.md). {DEFAULT_SAMPLER}: fast, the default; "
         "ddpm: the authors' original (with --steps 1000); diffusers: diffusers' port, bit for bit.",
+    ),
+]
+VocoderName = Enum("VocoderName", {name: name for name in VOCODERS}, type=str)
+DEFAULT_VOCODER_NAME = VocoderName(DEFAULT_VOCODER)
+VocoderOpt = Annotated[
+    VocoderName,
+    typer.Option(
+        "--vocoder",
+        help="Spectrogram to audio: model (the model's melgan/model.onnx) or griffin-lim (no file needed, "
+        "for a model trained without one; much lower quality).",
     ),
 ]
 StepsOpt = Annotated[
@@ -179,6 +190,15 @@ GuidanceOpt = Annotated[
         max=100.0,
         help="Classifier-free guidance weight: how closely the audio follows the notes. 2 as the authors; "
         "1 turns it off (half the work per step).",
+    ),
+]
+GuidanceIntervalOpt = Annotated[
+    str,
+    typer.Option(
+        "--guidance-interval",
+        metavar="LO,HI|full",
+        help="Guide only the steps whose noise level, as log-SNR from -20 (noise) to 20 (clean), lies in "
+        "[LO, HI]; the others take one decoder pass instead of two. full: every step (docs/sampling.md).",
     ),
 ]
 SeedOpt = Annotated[
@@ -417,14 +437,20 @@ def _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, t
 class ModelLoader:
     """Loads the model on first use, once, for any number of songs."""
 
-    def __init__(self, model: str, revision: str | None, device: str, dtype: str, quiet: bool):
-        from spectrosynth.pipeline import resolve_device, resolve_dtype
+    def __init__(
+        self, model: str, revision: str | None, device: str, dtype: str, quiet: bool,
+        vocoder: str = DEFAULT_VOCODER,
+    ):  # fmt: skip
+        from spectrosynth.pipeline import resolve_device, resolve_precision
 
         # Checked now, so that a wrong --device or --dtype fails before any work.
         resolved = resolve_device(device)
-        precision = str(resolve_dtype(dtype, resolved)).removeprefix("torch.")
+        precision = resolve_precision(dtype, resolved)
         self.model, self.revision, self.device, self.dtype, self.quiet = model, revision, device, dtype, quiet
+        self.vocoder = vocoder
         self.description = f"{model} on {resolved} ({precision})"
+        if vocoder != DEFAULT_VOCODER:
+            self.description += f", {vocoder} vocoder"
         self.device_type = resolved.type
         self._synth = None
 
@@ -433,9 +459,14 @@ class ModelLoader:
             from spectrosynth.pipeline import Synthesizer
             from spectrosynth.weights import resolve_model
 
-            folder = resolve_model(self.model, revision=self.revision, progress=not self.quiet)
+            needs_file = self.vocoder == "model"  # griffin-lim renders a folder without melgan/model.onnx
+            folder = resolve_model(
+                self.model, revision=self.revision, progress=not self.quiet, vocoder=needs_file
+            )
             _note(f"loading {self.description}", self.quiet)
-            self._synth = Synthesizer.from_pretrained(folder, device=self.device, dtype=self.dtype)
+            self._synth = Synthesizer.from_pretrained(
+                folder, device=self.device, dtype=self.dtype, vocoder=self.vocoder
+            )
         return self._synth
 
 
@@ -453,21 +484,25 @@ def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
 
 @dataclass(frozen=True)
 class Sampling:
-    """--sampler, --steps (resolved to the sampler's default) and --guidance, checked."""
+    """--sampler, --steps (resolved to the sampler's default), --guidance and --guidance-interval, checked."""
 
     sampler: str
     steps: int
     guidance: float
+    interval: str = "full"  # --guidance-interval, normalised ("full" or "LO,HI")
 
     @classmethod
-    def from_options(cls, sampler: SamplerName, steps: int | None, guidance: float) -> Sampling:
+    def from_options(
+        cls, sampler: SamplerName, steps: int | None, guidance: float, interval: str = "full"
+    ) -> Sampling:
         from spectrosynth.pipeline import resolve_sampler
+        from spectrosynth.sampling import GuidanceInterval
 
         _, steps = resolve_sampler(sampler.value, steps, guidance)
-        return cls(sampler.value, steps, guidance)
+        return cls(sampler.value, steps, guidance, str(GuidanceInterval.parse(interval)))
 
     def options(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "guidance": self.guidance}
+        return {"sampler": self.sampler, "guidance": self.guidance, "guidance_interval": self.interval}
 
 
 def _render_song(
@@ -508,6 +543,7 @@ def render_command(
     sampler: SamplerOpt = DEFAULT_SAMPLER_NAME,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = DEFAULT_GUIDANCE,
+    guidance_interval: GuidanceIntervalOpt = "full",
     seed: SeedOpt = 0,
     program: ProgramOpt = None,
     track: TrackOpt = None,
@@ -531,6 +567,7 @@ def render_command(
             help="Also save the log-mel spectrogram (float32, frames x 128) as .npy.",
         ),
     ] = None,
+    vocoder: VocoderOpt = DEFAULT_VOCODER_NAME,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -552,12 +589,12 @@ def render_command(
 
     settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
     settings = replace(settings, fmt=output_format(output, fmt))
-    sampling = Sampling.from_options(sampler, steps, guidance)
+    sampling = Sampling.from_options(sampler, steps, guidance, guidance_interval)
     check_output(output, force)  # before any slow work
     if mel_out is not None:
         check_output(str(mel_out), force)
     remap = _remap(program, track, mute, no_drums)
-    loader = ModelLoader(model, revision, device, dtype, quiet)
+    loader = ModelLoader(model, revision, device, dtype, quiet, vocoder=vocoder.value)
     from spectrosynth.songs import prepare_song
 
     label = "<stdin>" if midi == "-" else Path(midi).name
@@ -587,6 +624,7 @@ def batch_command(
     sampler: SamplerOpt = DEFAULT_SAMPLER_NAME,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = DEFAULT_GUIDANCE,
+    guidance_interval: GuidanceIntervalOpt = "full",
     seed: SeedOpt = 0,
     program: ProgramOpt = None,
     track: TrackOpt = None,
@@ -672,6 +710,7 @@ def batch_command(
             "--force", "-f", help="Render again files whose output exists, even with changed settings."
         ),
     ] = False,
+    vocoder: VocoderOpt = DEFAULT_VOCODER_NAME,
     quiet: QuietOpt = False,
 ) -> None:
     """Render every MIDI file in a folder tree, loading the model once.
@@ -693,18 +732,18 @@ def batch_command(
     from spectrosynth.progress import BatchProgressDisplay
 
     settings = _output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
-    sampling = Sampling.from_options(sampler, steps, guidance)
+    sampling = Sampling.from_options(sampler, steps, guidance, guidance_interval)
     _remap(program, track, mute, no_drums)  # a bad option fails now
     render = RenderSettings(
         model, revision, dtype, sampling.sampler, sampling.steps, sampling.guidance, seed,
         tuple(program or ()), tuple(track or ()), tuple(mute or ()), no_drums, start, duration, settings,
-        save_mel,
+        save_mel, vocoder=vocoder.value, guidance_interval=sampling.interval,
     )  # fmt: skip
     options = BatchOptions(
         in_dir, out_dir, render, device, batch_size, force, retry_failed,
         parse_shard(shard) if shard is not None else None, files_from, ray, workers, max_attempts,
     )  # fmt: skip
-    loader = ModelLoader(model, revision, device, dtype, quiet)
+    loader = ModelLoader(model, revision, device, dtype, quiet, vocoder=vocoder.value)
     with BatchProgressDisplay(quiet) as progress:
         from spectrosynth.batch import BatchReport
 
@@ -1056,6 +1095,67 @@ def train_command(
         f"--model {result.model})",
         quiet,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+@app.command("evaluate")
+@friendly_errors
+def evaluate_command(
+    midi: Annotated[
+        Path,
+        typer.Argument(help="Folder searched (recursively) for .mid and .midi files, or one MIDI file.",
+                       metavar="MIDI_DIR"),
+    ],
+    audio: Annotated[
+        Path,
+        typer.Argument(help="Folder with each one's render at the same place and name (.wav, .flac, .ogg, "
+                       ".mp3), as `batch` writes it; or one audio file.", metavar="AUDIO_DIR"),
+    ],
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", metavar="REF_DIR", help="Folder (or file) of reference audio laid out "
+                     "as AUDIO_DIR, such as recordings of the same MIDI files: adds mel_l1, the distance to "
+                     "it."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the scores as JSON (a stable format).")
+    ] = False,
+    mute: MuteOpt = None,
+    quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    """Measure renders: note F1 against the MIDI (by transcription), seam score, mel L1 to a reference.
+
+    note_f1: onset-only note F1 of the audio's transcription against the MIDI file's notes (50 ms, 50
+    cents, drums left out); seam: the spectral change across 5.12 s segment boundaries over the change
+    elsewhere, 1.0 = no seam; mel_l1: mean absolute log-mel difference to the reference. docs/quality.md
+    has the definitions. A file that cannot be scored is reported in one line and the others are still
+    scored; the exit code is 1 if any file failed. Needs pip install "spectrosynth[evaluate]" && pip install
+    --no-deps basic-pitch==0.4.0.
+
+    Examples:
+
+      spectrosynth evaluate midi/ audio/
+
+      spectrosynth evaluate midi/ audio/ --reference recordings/ --json | jq .mean
+
+      spectrosynth evaluate song.mid song.wav
+    """
+    from spectrosynth.evaluation import evaluate_dirs
+    from spectrosynth.evaluation.report import EvaluateProgressDisplay, print_table
+
+    remap = _remap(None, None, mute, False)
+    with EvaluateProgressDisplay(quiet) as progress:
+        report = evaluate_dirs(midi, audio, reference, remap=remap, progress=progress)
+    if as_json:
+        typer.echo(json.dumps({"files": report["files"], "mean": report["mean"]}, indent=2))
+    else:
+        print_table(report, reference is not None, midi if midi.is_dir() else None)
+    if report["failed"]:
+        raise _fail(f"{len(report['failed'])} of {len(report['failed']) + len(report['files'])} files could "
+                    "not be scored (listed above)")  # fmt: skip
 
 
 def main() -> None:

@@ -41,3 +41,8 @@ SAMPLER_STEPS = {
     "diffusers": 100,  # diffusers' port, bit for bit (with guidance 1)
 }
 DEFAULT_GUIDANCE = 2.0  # classifier-free guidance weight of the authors' demo; 1 = none (one pass per step)
+
+# Spectrogram inverters (spectrosynth.vocoder.load_vocoder): "model" is the model folder's melgan/model.onnx,
+# "griffin-lim" needs none (spectrosynth.griffin_lim; much lower quality, for models trained without one).
+VOCODERS = ("model", "griffin-lim")
+DEFAULT_VOCODER = "model"

@@ -19,8 +19,9 @@ def _guard_pretty_midi() -> None:
     """pretty_midi imports FluidSynth's Python binding (pyfluidsynth) whenever it is installed, and copes only
     with an ImportError: a binding whose C library cannot be loaded (an OSError) would make every MIDI file
     unreadable. Then the binding is marked missing, so pretty_midi does without it (and `--soundfont` says
-    what to install). The binding prints where it found the library to stdout when the environment has CI set
-    (as every CI service does), which would corrupt `--json` output and piped audio: that print is swallowed."""
+    what to install). The binding prints where it found the library to stdout when the environment has CI
+    set (as every CI service does), which would corrupt `--json` output and piped audio: that print is
+    swallowed."""
     if "fluidsynth" in sys.modules:
         return
     try:

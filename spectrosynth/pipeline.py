@@ -30,15 +30,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from spectrosynth import models, weights
+from spectrosynth import converted, models, weights
 from spectrosynth.constants import (
+    DEFAULT_VOCODER,
     FRAMES_PER_SEGMENT,
     MAX_LOG_MEL,
     MIN_LOG_MEL,
     NUM_MEL_BINS,
     SAMPLE_RATE,
+    VOCODERS,
 )
 from spectrosynth.errors import SpectrosynthError
+from spectrosynth.precision import cpu_bfloat16_is_faster, quantize_int8
 from spectrosynth.sampling import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -46,18 +49,28 @@ from spectrosynth.sampling import (
     SAMPLERS,
     DDPMSchedule,
     Denoiser,
+    GuidanceInterval,
     Sampler,
-    guide,
+    as_interval,
+    guided_denoiser,
     randn,
 )
 from spectrosynth.tokens import Segment
-from spectrosynth.vocoder import StreamingVocoder, Vocoder
+from spectrosynth.vocoder import StreamingVocoder, Vocoder, load_vocoder
 
 if TYPE_CHECKING:
     from spectrosynth.remap import Remap
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Precisions by name -> the torch dtype the networks compute in (int8's quantized products take float32).
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int8": torch.float32,
+}
+PRECISIONS = tuple(DTYPES)
 COMPONENTS = ("notes_encoder", "continuous_encoder", "decoder")
+IntervalLike = GuidanceInterval | str | tuple[float, float] | None
 
 
 def scale_features(log_mel):
@@ -119,36 +132,31 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def cpu_has_bfloat16_matrix_units() -> bool:
-    """Whether this CPU has AMX (Advanced Matrix Extensions) for bfloat16, which makes bfloat16 matrix
-    products several times faster than float32. AVX512-BF16 alone does not: on a 2-core Xeon (model 207)
-    without AMX, torch's bfloat16 products ran at 0.17 TFLOP/s against 0.30 for float32
-    (docs/performance.md). Read from /proc/cpuinfo; elsewhere (macOS, Windows) assumed not."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return False
+def resolve_precision(dtype: str, device: torch.device) -> str:
+    """The precision a render computes in: 'auto' made concrete for the device, the others checked.
 
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto': the fastest precision the device computes natively.
-
-    CUDA: bfloat16 where supported (Ampere and newer), else float16. CPU: bfloat16 with AMX, else float32.
-    The cost in accuracy is measured in docs/performance.md.
+    auto: CUDA: bfloat16 where supported (Ampere and newer), else float16. A CPU: bfloat16 where a 0.1 s
+    probe finds its matrix products clearly faster than float32 (AMX; AVX512-BF16 on AMD Zen 5), else
+    float32 (spectrosynth.precision). int8: the decoder's linear layers dynamically quantized, the rest
+    float32; CPU only. The cost in accuracy of each is measured in docs/performance.md and docs/quality.md.
     """
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_bfloat16_matrix_units() else torch.float32
-    if dtype not in DTYPES:
-        raise SpectrosynthError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if cpu_bfloat16_is_faster() else "float32"
+    if dtype not in PRECISIONS:
+        raise SpectrosynthError(f"unknown dtype {dtype!r}; use auto, {', '.join(PRECISIONS)}")
     if dtype == "float16" and device.type != "cuda":
-        raise SpectrosynthError("float16 is for CUDA devices; on a CPU use --dtype bfloat16 or float32")
-    return DTYPES[dtype]
+        raise SpectrosynthError("float16 is for CUDA devices; on a CPU use --dtype bfloat16, int8 or float32")
+    if dtype == "int8" and device.type != "cpu":
+        raise SpectrosynthError("int8 is for CPUs; on CUDA use --dtype bfloat16 or float16")
+    return dtype
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype the networks compute in (float32 for int8, whose quantized products take and give
+    float32)."""
+    return DTYPES[resolve_precision(dtype, device)]
 
 
 def resolve_sampler(
@@ -211,8 +219,12 @@ class Synthesizer:
         vocoder: Vocoder | None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        int8: bool = False,
     ):
+        """int8: quantize the decoder's linear layers (CPU; dtype float32), see spectrosynth.precision."""
         self.device, self.dtype = torch.device(device), dtype
+        if int8 and (self.device.type != "cpu" or dtype != torch.float32):
+            raise SpectrosynthError("int8 is for CPUs, with float32 elsewhere; use --device cpu")
         self.notes_encoder = notes_encoder.to(self.device, dtype)
         self.context_encoder = context_encoder.to(self.device, dtype)
         self.decoder = decoder.to(self.device, dtype)
@@ -222,6 +234,10 @@ class Synthesizer:
         if dtype != torch.float32 or self.device.type != "cpu":
             for net in (self.notes_encoder, self.context_encoder, self.decoder):
                 net.fuse_projections()
+        if int8:
+            self.decoder.fuse_projections()  # fewer, larger products; quantizing copies the weights anyway
+            quantize_int8(self.decoder)
+        self.precision = "int8" if int8 else str(dtype).removeprefix("torch.")
         self.schedule = schedule
         self.vocoder = vocoder
 
@@ -233,34 +249,48 @@ class Synthesizer:
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = True,
+        vocoder: str = DEFAULT_VOCODER,
     ) -> Synthesizer:
         """Load a model: a hub repo id (downloaded once into the Hugging Face cache) or a local folder in the
         published layout. device: auto, cpu, cuda, cuda:N; dtype: auto (the fastest the device runs
-        natively), float32 (bit for bit the reference's results), bfloat16, float16 (CUDA)."""
+        natively), float32 (bit for bit the reference's results), bfloat16, float16 (CUDA), int8 (CPU).
+        vocoder: "model" (the model's melgan/model.onnx) or "griffin-lim" (spectrosynth.griffin_lim: needs no
+        file, for a model trained without one; much lower quality)."""
+        if vocoder not in VOCODERS:
+            raise SpectrosynthError(f"unknown vocoder {vocoder!r}; use {' or '.join(VOCODERS)}")
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        folder = weights.resolve_model(model, revision=revision, progress=progress)
-        nets = {}
+        precision = resolve_precision(dtype, dev)
+        needs_file = vocoder == "model"  # griffin-lim renders a model folder without melgan/model.onnx
+        folder = weights.resolve_model(model, revision=revision, progress=progress, vocoder=needs_file)
+        # A converted copy made by an earlier load in this precision (spectrosynth.converted), memory-mapped.
+        nets = (converted.load(folder, precision) if dev.type == "cpu" else None) or {}
+        fresh = not nets
         for component in COMPONENTS:
-            config, state = weights.read_checked_state_dict(folder, component)
-            nets[component] = models.build(component, config, state)
-            del state
+            if component not in nets:
+                config, state = weights.read_checked_state_dict(folder, component)
+                nets[component] = models.build(component, config, state)
+                del state
         try:
             schedule = DDPMSchedule.from_config(
                 weights.read_config(folder, "scheduler", "scheduler_config.json")
             )
         except ValueError as e:
             raise SpectrosynthError(f"{folder / 'scheduler'}: {e}") from None
-        vocoder = Vocoder(folder / "melgan" / "model.onnx", device=str(dev))
-        return cls(
+        inverter = load_vocoder(vocoder, folder, device=str(dev))
+        synth = cls(
             nets["notes_encoder"],
             nets["continuous_encoder"],
             nets["decoder"],
             schedule,
-            vocoder,
+            inverter,
             dev,
-            torch_dtype,
+            DTYPES[precision],
+            int8=precision == "int8",
         )
+        if fresh and dev.type == "cpu":
+            held = {"notes_encoder": synth.notes_encoder, "continuous_encoder": synth.context_encoder}
+            converted.save(folder, precision, {**held, "decoder": synth.decoder})
+        return synth
 
     def sampler(self, name: str, steps: int | None, guidance: float) -> tuple[Sampler, int]:
         """The sampler called `name` and its step count (its default when None), checked: one-line errors."""
@@ -276,18 +306,22 @@ class Synthesizer:
         *,
         sampler: str = DEFAULT_SAMPLER,
         guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
     ) -> Iterator[np.ndarray]:
         """Token segments (unpadded) -> each segment's log-mel spectrogram (256, 128), float32, in order.
 
         sampler: a name in spectrosynth.sampling.SAMPLERS; steps: its network evaluations per segment (None:
         the sampler's default, 20 for unipc); guidance: the classifier-free guidance weight (1: none, one
-        decoder pass per step; otherwise two). The noise comes from a CPU generator seeded with `seed` (or
-        the given `generator`): the starting noise of each segment, then one draw per step that adds noise.
+        decoder pass per step; otherwise two); guidance_interval: guide only the steps whose log-SNR lies in
+        [lo, hi] ('LO,HI', (lo, hi) or a GuidanceInterval; None: every step), one pass for the others. The
+        noise comes from a CPU generator seeded with `seed` (or the given `generator`): the starting noise of
+        each segment, then one draw per step that adds noise.
         """
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
         for _, _, mel in self.iter_mel_batch(
-            [segments], steps, generators=[gen], callback=callback, sampler=sampler, guidance=guidance
-        ):
+            [segments], steps, generators=[gen], callback=callback, sampler=sampler, guidance=guidance,
+            guidance_interval=guidance_interval,
+        ):  # fmt: skip
             yield mel
 
     def iter_mel_batch(
@@ -300,6 +334,7 @@ class Synthesizer:
         *,
         sampler: str = DEFAULT_SAMPLER,
         guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Several songs at once: segment k of every song that has one goes through the model together.
 
@@ -324,7 +359,8 @@ class Synthesizer:
                     callback(Progress(k, total, j + 1, steps))
 
             rows = [SegmentRow(songs[b][k], contexts.get(b), generators[b]) for b in active]
-            options = {"sampler": sampler, "steps": steps, "guidance": guidance, "films": films}
+            options = {"sampler": sampler, "steps": steps, "guidance": guidance, "films": films,
+                       "guidance_interval": guidance_interval}  # fmt: skip
             mels = self.sample_segments(rows, callback=report, **options)
             for mel, b in zip(mels, active, strict=True):
                 contexts[b] = mel
@@ -337,6 +373,7 @@ class Synthesizer:
         sampler: str = DEFAULT_SAMPLER,
         steps: int | None = None,
         guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
         callback: Callable[[int], None] | None = None,
         films: FilmCache | None = None,
     ) -> list[np.ndarray]:
@@ -353,7 +390,7 @@ class Synthesizer:
             contexts = [None if r.context is None else torch.as_tensor(r.context, device=self.device)[None]
                         for r in rows]  # fmt: skip
             kvs, key_mask = self._encode([r.tokens for r in rows], contexts)
-            denoise = self._denoiser(kvs, key_mask, guidance, films)
+            denoise = self._denoiser(kvs, key_mask, guidance, films, guidance_interval)
             start = randn((len(rows), FRAMES_PER_SEGMENT, NUM_MEL_BINS), streams, self.device)
             x = sample(denoise, start, steps, streams, callback=callback)
             mel = scale_to_log_mel(x.float()).cpu().numpy()
@@ -386,21 +423,27 @@ class Synthesizer:
                 key_mask = torch.cat([notes_mask, context_mask.expand(-1, FRAMES_PER_SEGMENT)], 1)
         return self.decoder.cross_keys_values(encodings), key_mask
 
-    def _denoiser(self, kvs, key_mask, guidance: float, films: FilmCache) -> Denoiser:
+    def _denoiser(
+        self, kvs, key_mask, guidance: float, films: FilmCache, interval: IntervalLike = None
+    ) -> Denoiser:
         """The samplers' denoise(z, t): the guided noise prediction for a batch of segments, z in the
-        sampler's precision, the network in its own."""
+        sampler's precision, the network in its own. Outside the guidance interval, the conditional
+        prediction alone (one pass), exactly as with guidance 1."""
 
-        def denoise(z: torch.Tensor, t: float) -> torch.Tensor:
-            x = z.to(self.dtype)
-            if guidance == 1:
-                return self.decoder(x, films(t), kvs, key_mask)
-            both = self.decoder(x, films(t), kvs, key_mask, unconditional=True)
-            return guide(*both.chunk(2), guidance)
+        def conditional(z: torch.Tensor, t: float) -> torch.Tensor:
+            return self.decoder(z.to(self.dtype), films(t), kvs, key_mask)
 
-        return denoise
+        def both(z: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.decoder(z.to(self.dtype), films(t), kvs, key_mask, unconditional=True).chunk(2)
+
+        return guided_denoiser(conditional, both, guidance, as_interval(interval))
 
     def segment_denoiser(
-        self, tokens: list[int], context: np.ndarray | None = None, guidance: float = DEFAULT_GUIDANCE
+        self,
+        tokens: list[int],
+        context: np.ndarray | None = None,
+        guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
     ) -> Denoiser:
         """What a sampler sees for one segment: denoise(z, t) for z (B, 256, 128), given its tokens and the
         previous segment's log-mel (256, 128) as context (None for the first). For experiments with
@@ -408,7 +451,8 @@ class Synthesizer:
         previous = None if context is None else torch.as_tensor(context, device=self.device)[None]
         with torch.inference_mode():
             kvs, key_mask = self._encode([tokens], [previous])
-        denoise = self._denoiser(kvs, key_mask, guidance, FilmCache(self.decoder, self.device))
+        films = FilmCache(self.decoder, self.device)
+        denoise = self._denoiser(kvs, key_mask, guidance, films, guidance_interval)
 
         def batched(z: torch.Tensor, t: float) -> torch.Tensor:
             with torch.inference_mode():  # one segment's encodings serve every row of z
@@ -426,11 +470,13 @@ class Synthesizer:
         *,
         sampler: str = DEFAULT_SAMPLER,
         guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
     ) -> np.ndarray:
         """All segments' log-mel spectrograms, concatenated: (256 * len(segments), 128) float32."""
         mels = list(
-            self.iter_mel(segments, steps, seed, generator, callback, sampler=sampler, guidance=guidance)
-        )
+            self.iter_mel(segments, steps, seed, generator, callback, sampler=sampler, guidance=guidance,
+                          guidance_interval=guidance_interval)
+        )  # fmt: skip
         return np.concatenate(mels, axis=0) if mels else np.zeros((0, NUM_MEL_BINS), np.float32)
 
     def render(
@@ -442,15 +488,17 @@ class Synthesizer:
         *,
         sampler: str = DEFAULT_SAMPLER,
         guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
         remap: Remap | None = None,
         start: float = 0.0,
         length: float | None = None,
     ) -> Rendering:
         """Render a MIDI file (path or bytes) to 16 kHz mono audio and its log-mel spectrogram.
 
-        sampler, steps, guidance: how each segment is sampled (see iter_mel; the defaults are unipc, 20
-        steps, guidance 2); remap: instrument changes (spectrosynth.remap.Remap); start/length: render only
-        that part (seconds). The audio is whole segments long (a multiple of 5.12 s), as the model makes it.
+        sampler, steps, guidance, guidance_interval: how each segment is sampled (see iter_mel; the
+        defaults are unipc, 20 steps, guidance 2 on every step); remap: instrument changes
+        (spectrosynth.remap.Remap); start/length: render only that part (seconds). The audio is whole
+        segments long (a multiple of 5.12 s), as the model makes it.
         """
         from spectrosynth.midi import read_midi
         from spectrosynth.remap import apply_remap
@@ -459,14 +507,16 @@ class Synthesizer:
         if self.vocoder is None:
             raise SpectrosynthError("this synthesizer has no vocoder; use generate_mel for spectrograms only")
         self.sampler(sampler, steps, guidance)  # a bad option fails before the MIDI file is read
+        guidance_interval = as_interval(guidance_interval)
         score = read_midi(midi if isinstance(midi, bytes) else Path(midi))
         if remap is not None:
             score, _ = apply_remap(score, remap)
         song = prepare(score, start=start, length=length)
         streamer, mels, audio = StreamingVocoder(self.vocoder), [], []
         for mel in self.iter_mel(
-            [s.tokens for s in song.segments], steps, seed, None, callback, sampler=sampler, guidance=guidance
-        ):
+            [s.tokens for s in song.segments], steps, seed, None, callback,
+            sampler=sampler, guidance=guidance, guidance_interval=guidance_interval,
+        ):  # fmt: skip
             mels.append(mel)
             audio += streamer.feed(mel)  # the vocoder never sees the whole song at once
         audio += streamer.finish()

@@ -3,21 +3,28 @@ on onnxruntime.
 
 Input `input_features`: float32 (batch, frames, 128) natural-log mel; output float32 (batch, frames * 320) at
 16 kHz. Runs on the CPU provider, or CUDA when onnxruntime-gpu is installed and a CUDA device is chosen.
+A model without it renders with spectrosynth.griffin_lim instead (`load_vocoder`, `--vocoder griffin-lim`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spectrosynth.constants import HOP_LENGTH, NUM_MEL_BINS
+from spectrosynth.constants import HOP_LENGTH, NUM_MEL_BINS, VOCODERS
 from spectrosynth.errors import SpectrosynthError
+
+if TYPE_CHECKING:
+    from spectrosynth.griffin_lim import GriffinLimVocoder
 
 INPUT_NAME = "input_features"
 
 
 class Vocoder:
+    name = "model"  # constants.VOCODERS: the model's own inverter
+
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
@@ -51,6 +58,19 @@ class Vocoder:
         audio = self.session.run(None, {INPUT_NAME: features})[0].astype(np.float32, copy=False)
         audio = audio.reshape(features.shape[0], features.shape[1] * HOP_LENGTH)
         return audio if batched else audio[0]
+
+
+def load_vocoder(kind: str, folder: str | Path, device: str = "cpu") -> Vocoder | GriffinLimVocoder:
+    """The spectrogram inverter `kind` names (constants.VOCODERS) for the model in `folder`: "model", its
+    melgan/model.onnx (a Vocoder), or "griffin-lim", which needs no file (griffin_lim.GriffinLimVocoder,
+    much lower quality: for models trained without an inverter). Both are called the same way."""
+    if kind == "model":
+        return Vocoder(Path(folder) / "melgan" / "model.onnx", device=device)
+    if kind == "griffin-lim":
+        from spectrosynth.griffin_lim import GriffinLimVocoder
+
+        return GriffinLimVocoder(device=device)
+    raise SpectrosynthError(f"unknown vocoder {kind!r}; use {' or '.join(VOCODERS)}")
 
 
 class StreamingVocoder:

@@ -7,7 +7,7 @@ A model is a folder in the layout published at https://huggingface.co/google/mus
     notes_encoder/{config.json, diffusion_pytorch_model.safetensors or .bin}
     continuous_encoder/{config.json, diffusion_pytorch_model.safetensors or .bin}
     decoder/{config.json, diffusion_pytorch_model.safetensors or .bin}
-    melgan/model.onnx
+    melgan/model.onnx                                   (not needed to render with --vocoder griffin-lim)
 
 `resolve_model` accepts such a folder, or a hub repository id that it fetches into the standard Hugging Face
 cache (HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE apply as for any Hugging Face library).
@@ -47,8 +47,9 @@ _SHOW = 3  # how many names of each kind a one-line message lists
 # Layout
 
 
-def missing_files(folder: str | os.PathLike[str]) -> list[str]:
-    """The parts of the published layout that `folder` lacks (empty when it is complete)."""
+def missing_files(folder: str | os.PathLike[str], vocoder: bool = True) -> list[str]:
+    """The parts of the published layout that `folder` lacks (empty when it is complete). vocoder=False:
+    melgan/model.onnx is not required (for rendering with `--vocoder griffin-lim`)."""
     folder = Path(folder)
     missing = []
     for name in (MODEL_INDEX, SCHEDULER_CONFIG):
@@ -59,7 +60,7 @@ def missing_files(folder: str | os.PathLike[str]) -> list[str]:
             missing.append(f"{component}/config.json")
         if not weights_file(folder, component):
             missing.append(f"{component}/{WEIGHTS_SAFETENSORS} (or .bin)")
-    if not (folder / MELGAN).is_file():
+    if vocoder and not (folder / MELGAN).is_file():
         missing.append(MELGAN)
     return missing
 
@@ -73,14 +74,15 @@ def weights_file(folder: str | os.PathLike[str], component: str) -> Path | None:
     return None
 
 
-def check_layout(folder: str | os.PathLike[str]) -> None:
-    """Raise ModelLayoutError naming what is missing when `folder` is not in the published layout."""
-    missing = missing_files(folder)
+def check_layout(folder: str | os.PathLike[str], vocoder: bool = True) -> None:
+    """Raise ModelLayoutError naming what is missing when `folder` is not in the published layout
+    (vocoder=False: without melgan/model.onnx)."""
+    missing = missing_files(folder, vocoder)
     if missing == [MELGAN]:
         raise ModelLayoutError(
             f"model folder {folder} has no vocoder ({MELGAN}), as a model trained from scratch has none; "
-            f"copy {MELGAN} from {DEFAULT_MODEL} (`spectrosynth download` prints where it is), or train "
-            "with --vocoder"
+            f"render with --vocoder griffin-lim (much lower quality), or copy {MELGAN} from {DEFAULT_MODEL} "
+            "into it (`spectrosynth download` prints where that is)"
         )
     if missing:
         raise ModelLayoutError(
@@ -98,6 +100,7 @@ def resolve_model(
     revision: str | None = None,
     progress: bool = True,
     force: bool = False,
+    vocoder: bool = True,
 ) -> Path:
     """The local folder holding the complete model `model` names.
 
@@ -106,7 +109,9 @@ def resolve_model(
     contacting the hub; otherwise the configs, the weights (safetensors where the repository has them, else
     .bin) and the vocoder are downloaded into the Hugging Face cache, with its progress bars unless
     `progress` is False. `revision` (branch, tag or commit) applies to hub repositories only; `force`
-    downloads a hub model again even when the cache holds a complete copy.
+    downloads a hub model again even when the cache holds a complete copy. vocoder=False: the model need not
+    have melgan/model.onnx (it renders with `--vocoder griffin-lim`); a hub model's is still fetched if it
+    has one.
     """
     text = os.fspath(model)
     path = Path(text).expanduser()
@@ -116,10 +121,10 @@ def resolve_model(
                 f"{text} is a file, not a model folder; pass the folder that holds model_index.json, "
                 f"or a hub repo id like {DEFAULT_MODEL}"
             )
-        check_layout(path)
+        check_layout(path, vocoder)
         return path
     if isinstance(model, str) and _REPO_ID.match(text) and ".." not in text and "--" not in text:
-        return _resolve_hub(text, revision, progress, force)
+        return _resolve_hub(text, revision, progress, force, vocoder)
     raise ModelNotFoundError(
         f"no such model folder: {text}; pass a folder in the published layout or a hub repo id like "
         f"{DEFAULT_MODEL}"
@@ -184,10 +189,11 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
             enable_progress_bars()
 
 
-def _files_to_fetch(repo_files: list[str]) -> list[str]:
-    """The repository files the model needs: configs, one weights file per component, the vocoder."""
+def _files_to_fetch(repo_files: list[str], vocoder: bool = True) -> list[str]:
+    """The repository files the model needs: configs, one weights file per component, the vocoder (unless
+    `vocoder` is False and the repository has none)."""
     present = set(repo_files)
-    wanted = [MODEL_INDEX, SCHEDULER_CONFIG, MELGAN]
+    wanted = [MODEL_INDEX, SCHEDULER_CONFIG] + ([MELGAN] if vocoder or MELGAN in present else [])
     for component in COMPONENTS:
         wanted.append(f"{component}/config.json")
         safetensors = f"{component}/{WEIGHTS_SAFETENSORS}"
@@ -195,7 +201,9 @@ def _files_to_fetch(repo_files: list[str]) -> list[str]:
     return wanted
 
 
-def _resolve_hub(repo_id: str, revision: str | None, progress: bool, force: bool = False) -> Path:
+def _resolve_hub(
+    repo_id: str, revision: str | None, progress: bool, force: bool = False, vocoder: bool = True
+) -> Path:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -213,7 +221,7 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool, force: bool
         raise ModelNotFoundError(
             f"no such model folder, and {repo_id} is not a valid hub repo id ({_one_line(e)})"
         ) from e
-    if cached is not None and not missing_files(cached) and not force:
+    if cached is not None and not missing_files(cached, vocoder) and not force:
         return cached
 
     if _hub_offline():
@@ -227,8 +235,8 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool, force: bool
             )
         raise HubError(
             f"HF_HUB_OFFLINE is set and the cached copy of {repo_id}{at} in {cached} is incomplete "
-            f"(missing {', '.join(missing_files(cached))}); unset HF_HUB_OFFLINE and connect once to finish "
-            "the download, or pass --model /path/to/folder"
+            f"(missing {', '.join(missing_files(cached, vocoder))}); unset HF_HUB_OFFLINE and connect once "
+            "to finish the download, or pass --model /path/to/folder"
         )
 
     not_cached = (
@@ -239,8 +247,13 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool, force: bool
     connection_errors = _connection_errors()
     try:
         info = HfApi().model_info(repo_id, revision=revision)
-        files = _files_to_fetch([s.rfilename for s in info.siblings or []])
+        files = _files_to_fetch([s.rfilename for s in info.siblings or []], vocoder)
         absent = [f for f in files if f not in {s.rfilename for s in info.siblings or []}]
+        if absent == [MELGAN]:
+            raise ModelLayoutError(
+                f"hub repo {repo_id}{at} has no vocoder ({MELGAN}); render it with --vocoder griffin-lim "
+                f"(much lower quality), or copy {MELGAN} from {DEFAULT_MODEL} into a local copy of it"
+            )
         if absent:
             raise ModelLayoutError(
                 f"hub repo {repo_id}{at} is not a Spectrogram Diffusion model in the published layout "
@@ -287,7 +300,7 @@ def _resolve_hub(repo_id: str, revision: str | None, progress: bool, force: bool
             f"could not save {repo_id} into the Hugging Face cache {_hub_cache()} ({_one_line(e)}); "
             "free disk space or point HF_HOME at a writable folder"
         ) from e
-    missing = missing_files(folder)
+    missing = missing_files(folder, vocoder)
     if missing:
         raise HubError(
             f"the download of {repo_id}{at} into {folder} is incomplete (missing {', '.join(missing)}); "

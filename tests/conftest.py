@@ -6,6 +6,22 @@ DATA = Path(__file__).parent / "data"
 REAL_MIDI = sorted((DATA / "midi").rglob("*.mid"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def converted_cache(tmp_path_factory):
+    """Converted model copies (spectrosynth.converted) go to a temporary folder, never the user's cache;
+    subprocesses inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("spectrosynth-cache")
+    previous = os.environ.get("SPECTROSYNTH_CACHE")
+    os.environ["SPECTROSYNTH_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SPECTROSYNTH_CACHE", None)
+    else:
+        os.environ["SPECTROSYNTH_CACHE"] = previous
+
+
 @pytest.fixture
 def complex_midi() -> Path:
     """A real 18-track song with drums (magenta/note-seq test data)."""

@@ -457,3 +457,68 @@ def test_a_tail_cut_short_by_the_last_segment_is_noted(tmp_path, waltz, model_ar
 def test_muting_everything_is_noted(tmp_path, waltz, model_args):
     result = render(waltz, tmp_path / "a.wav", *model_args, "--mute", "1,2", "--duration", "2")
     assert result.exit_code == 0 and "no notes left to play" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------------
+# --vocoder
+
+
+@pytest.fixture
+def scratch_model(tmp_path, tiny_model):
+    """The tiny model without melgan/, as `spectrosynth train` from scratch leaves one."""
+    folder = tmp_path / "scratch-model"
+    shutil.copytree(tiny_model, folder)
+    shutil.rmtree(folder / "melgan")
+    return folder
+
+
+def test_vocoder_griffin_lim_writes_a_wav_from_the_same_mel(tmp_path, waltz, model_args):
+    audio, mels = {}, {}
+    for vocoder in ("model", "griffin-lim"):
+        out, mel = tmp_path / f"{vocoder}.wav", tmp_path / f"{vocoder}.npy"
+        result = render(waltz, out, *model_args, "--duration", "3", "--vocoder", vocoder, "--mel-out", mel)
+        assert result.exit_code == 0, result.output
+        assert ("griffin-lim vocoder" in result.stderr) == (vocoder == "griffin-lim")
+        audio[vocoder], rate = sf.read(out, dtype="float32")
+        assert rate == 16000 and len(audio[vocoder]) == round((3 + TAIL) * 16000)
+        mels[vocoder] = np.load(mel)
+    np.testing.assert_array_equal(mels["model"], mels["griffin-lim"])  # the vocoder changes only the audio
+    assert np.abs(audio["griffin-lim"]).max() > 0.01
+    assert not np.array_equal(audio["model"], audio["griffin-lim"])
+
+
+def test_vocoder_a_model_without_melgan_needs_griffin_lim(tmp_path, waltz, scratch_model):
+    args = ["--model", scratch_model, "--device", "cpu", "--steps", "2", "--duration", "2"]
+    out = tmp_path / "a.wav"
+    result = render(waltz, out, *args)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "has no vocoder (melgan/model.onnx)" in result.stderr and "--vocoder griffin-lim" in result.stderr
+    assert not out.exists()
+    result = render(waltz, out, *args, "--vocoder", "griffin-lim")
+    assert result.exit_code == 0, result.output
+    assert sf.info(out).frames == round((2 + TAIL) * 16000)
+
+
+def test_vocoder_a_bad_name_is_a_usage_error(tmp_path, waltz, tiny_model):
+    for command in (render, batch):
+        target = tmp_path / ("a.wav" if command is render else "out")
+        result = command(waltz if command is render else tmp_path, target, "--model", tiny_model,
+                         "--vocoder", "wavenet")  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "'wavenet' is not one of" in result.stderr and result.stderr.count("\n") == 1
+        assert not target.exists()
+
+
+def test_vocoder_batch_records_it_and_a_resume_with_another_is_refused(tmp_path, waltz, scratch_model):
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    shutil.copy(waltz, root / "a.mid")
+    args = [root, out, "--model", scratch_model, "--device", "cpu", "--steps", "2", "--duration", "2"]
+    first = batch(*args, "--vocoder", "griffin-lim")
+    assert first.exit_code == 0, first.output
+    assert sf.info(out / "a.wav").frames == round((2 + TAIL) * 16000)
+    run = json.loads((out / ".spectrosynth" / "run.json").read_text())
+    assert run["settings"]["vocoder"] == "griffin-lim"
+    again = batch(*args)  # the default vocoder: the model's own
+    assert again.exit_code == 1 and again.stderr.count("\n") == 1, again.output
+    assert "vocoder 'griffin-lim' -> 'model'" in again.stderr and "--force" in again.stderr

@@ -83,7 +83,10 @@ def test_device_and_dtype_choices():
     with pytest.raises(SpectrosynthError, match="float16 is for CUDA"):
         resolve_dtype("float16", torch.device("cpu"))
     with pytest.raises(SpectrosynthError, match="unknown dtype"):
-        resolve_dtype("int8", torch.device("cpu"))
+        resolve_dtype("int4", torch.device("cpu"))
+    assert resolve_dtype("int8", torch.device("cpu")) == torch.float32  # around the quantized products
+    with pytest.raises(SpectrosynthError, match="int8 is for CPUs"):
+        resolve_dtype("int8", torch.device("cuda"))
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
@@ -238,9 +241,9 @@ def test_song_output_aborted_leaves_nothing(tmp_path, tiny_synth, waltz):
 def test_auto_dtype_follows_the_hardware(monkeypatch):
     from spectrosynth import pipeline
 
-    monkeypatch.setattr(pipeline, "cpu_has_bfloat16_matrix_units", lambda: False)
+    monkeypatch.setattr(pipeline, "cpu_bfloat16_is_faster", lambda: False)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(pipeline, "cpu_has_bfloat16_matrix_units", lambda: True)
+    monkeypatch.setattr(pipeline, "cpu_bfloat16_is_faster", lambda: True)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
 
 

@@ -224,6 +224,18 @@ def test_an_init_model_of_another_size_is_refused(dataset, tiny_model, tmp_path)
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
+def test_a_model_trained_here_without_a_vocoder_can_be_fine_tuned(dataset, tiny_model, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare)
+    (bare / "melgan" / "model.onnx").unlink()
+    out = tmp_path / "run"
+    spectrosynth("train", str(dataset), str(out), "--init", str(bare), "--max-steps", "1", "--val-every", "0")
+    assert (out / "final" / "decoder" / "config.json").is_file()
+    assert not (out / "final" / "melgan" / "model.onnx").exists()  # none to copy: it renders with griffin-lim
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Stopping and resuming
 

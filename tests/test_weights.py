@@ -119,7 +119,16 @@ def test_a_folder_without_a_vocoder_says_where_to_get_one(tiny):
         resolve_model(tiny)
     message = one_line(e.value)
     assert "has no vocoder (melgan/model.onnx), as a model trained from scratch has none" in message
-    assert "spectrosynth download" in message and "--vocoder" in message
+    assert "spectrosynth download" in message and "--vocoder griffin-lim" in message
+
+
+def test_a_folder_without_a_vocoder_is_complete_for_griffin_lim(tiny):
+    (tiny / "melgan" / "model.onnx").unlink()
+    assert missing_files(tiny, vocoder=False) == [] and missing_files(tiny) == ["melgan/model.onnx"]
+    assert resolve_model(tiny, vocoder=False) == tiny
+    (tiny / "decoder" / "config.json").unlink()
+    with pytest.raises(ModelLayoutError, match="missing decoder/config.json; copy"):
+        resolve_model(tiny, vocoder=False)
 
 
 def test_empty_folder_lists_everything(tmp_path):
@@ -460,6 +469,17 @@ def test_a_repo_without_the_layout(hub, monkeypatch, tiny_template):
     with pytest.raises(ModelLayoutError, match="not a Spectrogram Diffusion model") as e:
         resolve_model("someone/stable-diffusion")
     assert "melgan/model.onnx" in one_line(e.value)
+
+
+def test_a_repo_without_a_vocoder_downloads_for_griffin_lim(hub, monkeypatch, tiny_template):
+    files = [str(p.relative_to(tiny_template)) for p in tiny_template.rglob("*.*")]
+    files.remove("melgan/model.onnx")
+    fake = FakeHub(hub, tiny_template, files=files).install(monkeypatch)
+    with pytest.raises(ModelLayoutError, match=r"has no vocoder \(melgan/model.onnx\); render it with "
+                                               "--vocoder griffin-lim"):  # fmt: skip
+        resolve_model("someone/from-scratch", progress=False)
+    folder = resolve_model("someone/from-scratch", progress=False, vocoder=False)
+    assert "melgan/model.onnx" not in fake.allow_patterns and missing_files(folder, vocoder=False) == []
 
 
 def http_error(cls, status: int):

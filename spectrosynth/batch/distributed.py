@@ -72,7 +72,8 @@ class Renderer:
             if threads:
                 torch.set_num_threads(threads)  # the CPUs Ray reserved for this worker, no more
             self.synth = Synthesizer.from_pretrained(model, revision=settings.revision, device=device,
-                                                     dtype=settings.dtype, progress=False)  # fmt: skip
+                                                     dtype=settings.dtype, progress=False,
+                                                     vocoder=settings.vocoder)  # fmt: skip
             writer = Writer(Path(out_dir)).__enter__()  # held for the process's lifetime
             atexit.register(writer.__exit__, None, None, None)  # a graceful exit removes the lock file too
             self.tag = writer.tag

@@ -17,11 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from spectrosynth.constants import DEFAULT_VOCODER
 from spectrosynth.errors import SpectrosynthError
 from spectrosynth.outputs import OutputSettings
 
 MIDI_SUFFIXES = (".mid", ".midi")
 STATE_DIR = ".spectrosynth"  # under the output folder: manifest, run settings, writers' locks
+#: RenderSettings fields added after the first release, with their defaults (see RenderSettings.to_dict).
+LATER_FIELDS: dict[str, Any] = {"vocoder": DEFAULT_VOCODER, "guidance_interval": "full"}
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,23 @@ class RenderSettings:
     duration: float | None = None
     output: OutputSettings = field(default_factory=OutputSettings)
     save_mel: bool = False
+    vocoder: str = DEFAULT_VOCODER  # constants.VOCODERS: "model" (melgan/model.onnx) or "griffin-lim"
+    guidance_interval: str = "full"  # "LO,HI" in log-SNR, or "full" (spectrosynth.sampling.interval)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded in run.json and hashed for the digest. Fields added since the first
+        release (LATER_FIELDS) are left out while they hold their default, so that a folder rendered before
+        they existed keeps its digest and resumes."""
+        data = asdict(self)
+        for key, default in LATER_FIELDS.items():
+            if data[key] == default:
+                del data[key]
+        return data
+
+    @staticmethod
+    def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+        """A recorded settings dict with the LATER_FIELDS it leaves out filled in, for comparing two."""
+        return {**LATER_FIELDS, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderSettings:

@@ -143,7 +143,8 @@ def check_settings(out_dir: Path, settings: RenderSettings, force: bool) -> None
                 continue
         if existing["digest"] == settings.digest:
             return
-        changed = _differences(existing.get("settings", {}), settings.to_dict())
+        changed = _differences(RenderSettings.with_defaults(existing.get("settings", {})),
+                               RenderSettings.with_defaults(settings.to_dict()))  # fmt: skip
         raise SpectrosynthError(
             f"{out_dir} was rendered with other settings ({changed}); use --force to render it again with "
             "these, or give another output folder"

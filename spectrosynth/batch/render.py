@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from spectrosynth.batch.jobs import Job, RenderSettings, Result
+from spectrosynth.constants import DEFAULT_VOCODER
 from spectrosynth.errors import MidiError, OutputError, RemapError, SpectrosynthError
 from spectrosynth.midi import read_midi
 from spectrosynth.outputs import SongOutput
@@ -71,6 +72,12 @@ def render_jobs(
     on_segment(job, done, segments): after each of a song's segments. A failed job yields a failed Result;
     an error that is not about one file is raised, after every unfinished output has been removed.
     """
+    loaded = getattr(synth.vocoder, "name", DEFAULT_VOCODER)
+    if loaded != settings.vocoder:  # the files would not be what the manifest says they are
+        raise SpectrosynthError(
+            f"the batch settings ask for the {settings.vocoder} vocoder, but the model was loaded with the "
+            f"{loaded} one; load it with Synthesizer.from_pretrained(..., vocoder={settings.vocoder!r})"
+        )
     queue = iter(jobs)
     remap = settings.remap()
     films = FilmCache(synth.decoder, synth.device)  # the same step times for every pass: computed once
@@ -99,7 +106,8 @@ def render_jobs(
         while slots:
             rows = [SegmentRow(s.song.segments[s.done].tokens, s.context, s.generator) for s in slots]
             mels = synth.sample_segments(rows, sampler=settings.sampler, steps=settings.steps,
-                                         guidance=settings.guidance, films=films)  # fmt: skip
+                                         guidance=settings.guidance, films=films,
+                                         guidance_interval=settings.guidance_interval)  # fmt: skip
             if stats is not None:
                 stats.passes += 1
                 stats.rows += len(rows)

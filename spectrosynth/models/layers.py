@@ -53,7 +53,9 @@ class Attention(nn.Module):
 
     def fuse_self_projections(self) -> None:
         """For self-attention only: one (3 inner, C) product instead of three (inner, C) ones. The separate
-        weights are dropped, so the module keeps one copy of them."""
+        weights are dropped, so the module keeps one copy of them. Once only: fused stays fused."""
+        if self.qkv is not None:
+            return
         weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
         self.qkv = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         self.qkv.weight = nn.Parameter(weight, requires_grad=False)
@@ -129,7 +131,9 @@ class GatedGeluMLP(nn.Module):
         self.wi: nn.Linear | None = None  # set by fuse_input_projections
 
     def fuse_input_projections(self) -> None:
-        """One (2 d_ff, C) product for wi_0 and wi_1; the separate weights are dropped."""
+        """One (2 d_ff, C) product for wi_0 and wi_1; the separate weights are dropped. Once only."""
+        if self.wi is not None:
+            return
         weight = torch.cat([self.wi_0.weight, self.wi_1.weight])
         self.wi = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         self.wi.weight = nn.Parameter(weight, requires_grad=False)

@@ -15,6 +15,7 @@ from spectrosynth.constants import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_ST
 from spectrosynth.sampling.base import Denoiser, Generators, Sampler, StepCallback, guide, randn, randn_like
 from spectrosynth.sampling.ddpm import sample_ddpm
 from spectrosynth.sampling.discrete import DDPMSchedule, sample_diffusers
+from spectrosynth.sampling.interval import FULL, GuidanceInterval, as_interval, guided_denoiser
 from spectrosynth.sampling.solvers import sample_ddim, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_unipc
 
 SAMPLERS: dict[str, Sampler] = {
@@ -34,19 +35,47 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_SAMPLER",
     "DEFAULT_STEPS",
+    "FULL",
+    "GuidanceInterval",
     "SAMPLERS",
     "STOCHASTIC",
     "Denoiser",
     "Generators",
     "Sampler",
     "StepCallback",
+    "as_interval",
     "decoder_passes",
     "guide",
+    "guided_denoiser",
     "randn",
     "randn_like",
 ]
 
 
-def decoder_passes(steps: int, guidance: float) -> int:
-    """Decoder passes per segment: one per step, two with guidance (w != 1)."""
-    return steps * (1 if guidance == 1 else 2)
+def decoder_passes(
+    steps: int,
+    guidance: float,
+    interval: GuidanceInterval | None = None,
+    sampler: Sampler | str = DEFAULT_SAMPLER,
+) -> int:
+    """Decoder passes per segment: one per step, two for each step guided (w != 1, inside the interval).
+
+    With a partial interval the count depends on where the sampler puts its steps: it is found by running
+    the sampler on a 1-element problem with a counting denoiser (cheap: no network).
+    """
+    if guidance == 1:
+        return steps
+    interval = interval or FULL
+    if interval.full:
+        return 2 * steps
+    import torch
+
+    sample = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
+    times: list[float] = []
+
+    def denoise(z: torch.Tensor, t: float) -> torch.Tensor:
+        times.append(t)
+        return torch.zeros_like(z)
+
+    sample(denoise, torch.zeros(1, 1, 1), steps, torch.Generator().manual_seed(0))
+    return sum(2 if interval.guides(t) else 1 for t in times)

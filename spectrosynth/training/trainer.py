@@ -19,7 +19,6 @@ OUT_DIR/final`, and diffusers' loaders read it).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -35,6 +34,7 @@ import torch
 
 from spectrosynth import weights
 from spectrosynth.errors import SpectrosynthError
+from spectrosynth.precision import cpu_bfloat16_is_faster
 from spectrosynth.training import checkpoint as ckpt
 from spectrosynth.training.examples import TrainingExamples, collate, validation_examples
 from spectrosynth.training.logs import PLOT, MetricsLog, plot_losses
@@ -183,26 +183,6 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_bfloat16_is_faster() else None
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_bfloat16_is_faster(size: int = 512, rounds: int = 3) -> bool:
-    """Whether this CPU multiplies (2 size, size) x (size, 2 size) matrices at least 1.25x faster in
-    bfloat16 than in float32: the products that dominate a training step. About 0.1 s, once a process."""
-
-    def best(dtype: torch.dtype) -> float:
-        a = torch.randn(2 * size, size, dtype=dtype)
-        b = torch.randn(size, 2 * size, dtype=dtype)
-        a @ b  # warm-up
-        times = []
-        for _ in range(rounds):
-            began = time.perf_counter()
-            for _ in range(2):
-                a @ b
-            times.append(time.perf_counter() - began)
-        return min(times)
-
-    return best(torch.bfloat16) * 1.25 < best(torch.float32)
 
 
 def resolved_precision(precision: str, device: torch.device) -> str:
@@ -378,7 +358,8 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
 
     init_folder = None
     if o.init is not None:
-        init_folder = weights.resolve_model(o.init, revision=o.revision, progress=dist.main)
+        # A model trained here may have no vocoder: training needs only its networks.
+        init_folder = weights.resolve_model(o.init, revision=o.revision, progress=dist.main, vocoder=False)
         nets, configs = load_networks(init_folder, o.dropout)
         if o.config is not None:
             check_size(configs, size_configs(o.config), o.init)

@@ -1,0 +1,116 @@
+"""The measuring model: the training demonstration's network trained on, so that quality can be measured.
+
+    .venv/bin/python bench/measuring_model.py --steps 20000     # resumes; more steps than before trains on
+
+Every quality decision (sampler, steps, guidance, precision) needs a network that renders music, and the
+published weights cannot be downloaded here. This trains one on this machine (docs/quality.md):
+
+1. Pairs: the 65 Nottingham folk tunes of bench/data/nottingham (melody and chords, all piano; the 25 of the
+   demonstration among them), rendered with the General MIDI soundfont pretty_midi ships (FluidSynth); 20 %
+   of the songs held out by name (--holdout 0.2: the demonstration's 3 held-out songs among them, so no song
+   the network has seen is ever validated on).
+2. Training: starts from the demonstration's network (`make demo`: the `mini` size, 2400 steps), then the
+   original's objective and optimiser (Adafactor, constant lr 1e-3, dropout 0.1, condition dropout 0.1),
+   batch 8, bfloat16 autocast (1.7x float32 without AMX on an AVX512-BF16 CPU, train_bench.json),
+   validation every 250 steps. Ctrl-C checkpoints; run it again and it resumes.
+3. Measure: bench/quality_sweep.py renders the held-out songs with it and scores them.
+
+It writes into --work (build/measure) and copies the loss curves to docs/images/measuring-model-loss.png and
+the metrics to bench/results/measuring_model_metrics.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from train_bench import cpu_flags  # noqa: E402
+
+DEMO_FINAL = ROOT / "build/demo/run/final"
+
+
+def run(*args: str) -> None:
+    print("+ spectrosynth " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "spectrosynth", *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "build/measure")
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--init", type=Path, default=DEMO_FINAL, help="the network to start from")
+    parser.add_argument("--no-copy", action="store_true", help="leave docs/ and bench/results/ alone")
+    args = parser.parse_args()
+    data, out = args.work / "data", args.work / "run"
+    if not (out / "run.json").exists() and not (args.init / "model_index.json").exists():
+        sys.exit(f"{args.init} is missing: run `make demo` first (about an hour), or give --init")
+    run(
+        "dataset",
+        str(ROOT / "bench/data/nottingham"),
+        str(data),
+        "--soundfont",
+        "builtin",
+        "--holdout",
+        "0.2",
+        "--save-audio",
+        "--jobs",
+        "2",
+    )
+    common = ["--max-steps", str(args.steps), "--val-every", "250", "--checkpoint-every", "250"]
+    if (out / "run.json").exists():
+        run("train", str(data), str(out), "--resume", *common)
+    else:
+        run(
+            "train",
+            str(data),
+            str(out),
+            "--init",
+            str(args.init),
+            "--mode",
+            "full",
+            "--optimizer",
+            "adafactor",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "8",
+            "--val-examples",
+            "64",
+            "--log-every",
+            "10",
+            "--seed",
+            "1",
+            "--precision",
+            "bfloat16",
+            *common,
+        )
+    from spectrosynth.training.logs import read_metrics
+
+    rows = read_metrics(out / "metrics.csv")
+    steps = [r for r in rows if "loss" in r]
+    vals = [r for r in rows if "val_loss" in r]
+    summary = {
+        "cpu": cpu_flags(),
+        "steps_after_demo": int(steps[-1]["step"]),
+        "training_hours": steps[-1]["wall_seconds"] / 3600,
+        "examples_per_second": steps[-1]["examples"] / steps[-1]["wall_seconds"],
+        "val_loss_first": vals[0]["val_loss"],
+        "val_loss_last": vals[-1]["val_loss"],
+        "val_loss_best": min(r["val_loss"] for r in vals),
+    }
+    print(json.dumps(summary, indent=2))
+    if not args.no_copy:
+        shutil.copyfile(out / "loss.png", ROOT / "docs/images/measuring-model-loss.png")
+        shutil.copyfile(out / "metrics.csv", ROOT / "bench/results/measuring_model_metrics.csv")
+        (ROOT / "bench/results/measuring_model.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
