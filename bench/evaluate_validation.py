@@ -66,16 +66,17 @@ CONDITIONS = {
 
 
 def machine() -> str:
-    """The CPU's model name, core count and vector extensions, from /proc/cpuinfo."""
+    """The CPU's model name, core count and matrix features (spectrosynth.precision)."""
+    from spectrosynth.precision import cpu_matrix_features
+
+    flags = cpu_matrix_features()
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            info = f.read()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line)
-        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-        extras = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        name, extras = platform.processor() or platform.machine(), []
-    return f"{name}, {os.cpu_count()} CPUs ({', '.join(extras) or 'no AVX2'})"
+        pass
+    return f"{name}, {os.cpu_count()} CPUs ({', '.join(flags) or 'no AVX2'})"
 
 
 def transposed(score: Score, semitones: int) -> Score:

@@ -78,9 +78,10 @@ def _fingerprint(folder: Path, precision: str) -> dict[str, object]:
 
 
 def _entry(folder: Path, precision: str) -> tuple[Path, str] | None:
-    """The cache folder for this model and precision, and the fingerprint it must hold (None: no cache)."""
+    """The cache folder for this model and precision, and the fingerprint it must hold (None: no cache,
+    or a precision that needs no copy)."""
     root = cache_root()
-    if root is None:
+    if root is None or precision not in PRECISIONS:
         return None
     fingerprint = json.dumps(_fingerprint(Path(folder), precision), sort_keys=True)
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
@@ -115,11 +116,8 @@ def _flat_tensors(net: nn.Module, quantized: bool) -> dict[str, torch.Tensor]:
 def save(folder: str | os.PathLike[str], precision: str, nets: dict[str, nn.Module]) -> Path | None:
     """Keep the converted networks (as a Synthesizer holds them) for the next load; returns the folder, or
     None when there is no cache or it cannot be written (nothing is left half-written)."""
-    if precision not in PRECISIONS:
-        return None
     try:
-        entry = _entry(Path(folder), precision)
-        if entry is None:
+        if (entry := _entry(Path(folder), precision)) is None:
             return None
         target, fingerprint = entry
         from safetensors.torch import save_file
@@ -207,15 +205,10 @@ def _restore(component: str, config: dict, tensors: dict[str, torch.Tensor], pre
 def load(folder: str | os.PathLike[str], precision: str) -> dict[str, nn.Module] | None:
     """The converted networks of this model in this precision (those of `components`), memory-mapped, or
     None when there is no matching, intact copy (then convert as usual and `save`)."""
-    if precision not in PRECISIONS:
-        return None
     try:
-        entry = _entry(Path(folder), precision)
-        if entry is None:
+        if (entry := _entry(Path(folder), precision)) is None or not entry[0].is_dir():
             return None
         target, fingerprint = entry
-        if not target.is_dir():
-            return None
         from safetensors import safe_open
         from safetensors.torch import load_file
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from midi_builder import Note, Song, Track
+from skips import needs_fluidsynth
 from typer.testing import CliRunner
 
 from spectrosynth import soundfont
@@ -47,18 +48,6 @@ if importlib.util.find_spec("basic_pitch") is None:
 runner = CliRunner()
 SR = SAMPLE_RATE
 CLIP = 20 * SR  # 20 s: three segment boundaries, about 90 notes of the waltz
-
-
-def _unavailable() -> str | None:
-    try:
-        soundfont._fluidsynth()
-    except SpectrosynthError as e:
-        return str(e)
-    return None
-
-
-UNAVAILABLE = _unavailable()
-needs_fluidsynth = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no FluidSynth: {UNAVAILABLE}")
 
 
 def _render(score, samples: int | None = CLIP) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from midi_builder import Note, Song, Track, pedal
+from skips import needs_fluidsynth
 
 from spectrosynth import soundfont
 from spectrosynth.errors import SpectrosynthError
@@ -21,18 +22,6 @@ from spectrosynth.midi import read_midi
 from spectrosynth.soundfont import default_soundfont, render_score
 
 SR = 16_000
-
-
-def _unavailable() -> str | None:
-    try:
-        soundfont._fluidsynth()
-    except SpectrosynthError as e:
-        return str(e)
-    return None
-
-
-UNAVAILABLE = _unavailable()
-needs_fluidsynth = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no FluidSynth: {UNAVAILABLE}")
 
 
 def render(song: Song, rate: int = SR, tail: float = 1.0) -> np.ndarray:
