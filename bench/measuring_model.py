@@ -41,14 +41,65 @@ def run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "spectrosynth", *args], check=True)
 
 
+def export(run_dir: Path, init: Path, out: Path) -> tuple[Path, int]:
+    """The run's latest checkpoint as a model folder in the published layout (no vocoder): what
+    `spectrosynth train` writes as final/ at the end, available mid-run. Returns (folder, step)."""
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    from spectrosynth.training import checkpoint as ckpt
+    from spectrosynth.training.model import load_networks, save_published
+
+    latest = ckpt.latest(run_dir)
+    if latest is None:
+        sys.exit(f"{run_dir} has no checkpoint yet")
+    nets, configs = load_networks(init)
+    prefixes = {
+        "notes_encoder": "notes_encoder",
+        "context_encoder": "continuous_encoder",
+        "decoder": "decoder",
+    }
+    tensors = load_file(latest.path / "weights.safetensors")
+    for key, tensor in tensors.items():
+        prefix, _, name = key.partition(".")
+        nets[prefixes[prefix]].get_parameter(name).data.copy_(tensor)
+    step = _json.loads((latest.path / "state.json").read_text())["step"]
+    return save_published(out, nets, configs, None), step
+
+
+def mel_distance(model: Path, data: Path, segments: int = 3) -> float:
+    """Mean log-mel L1 of the default sampler's renders (UniPC 20, guidance 2, float32) of the held-out
+    songs' first segments against their ground truth: the bar is 2 (docs/quality.md)."""
+    from quality_sweep import Setting, load_songs, render
+
+    from spectrosynth.evaluation import mel_l1
+
+    songs = load_songs(data, segments)
+    mels, *_ = render(model, songs, Setting("default", "unipc", 20, 2.0))
+    return float(sum(mel_l1(m, s["truth"]) for m, s in zip(mels, songs, strict=True)) / len(songs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build/measure")
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--init", type=Path, default=DEMO_FINAL, help="the network to start from")
     parser.add_argument("--no-copy", action="store_true", help="leave docs/ and bench/results/ alone")
+    parser.add_argument(
+        "--measure-only", action="store_true", help="export the latest checkpoint and measure it; no training"
+    )
     args = parser.parse_args()
     data, out = args.work / "data", args.work / "run"
+    if args.measure_only:
+        folder, step = export(out, args.init, args.work / "latest")
+        distance = mel_distance(folder, data)
+        print(json.dumps({"step": step, "mel_l1": distance}))
+        log = ROOT / "bench/results/measuring_model_mel.csv"
+        new = not log.exists()
+        with log.open("a") as f:
+            f.write(("step,mel_l1\n" if new else "") + f"{step},{distance:.4f}\n")
+        return
     if not (out / "run.json").exists() and not (args.init / "model_index.json").exists():
         sys.exit(f"{args.init} is missing: run `make demo` first (about an hour), or give --init")
     run(

@@ -1022,7 +1022,7 @@ def train_command(
     grad_clip: _given(float, "--grad-clip", metavar="NORM", min=0.0, help="Clip the gradient norm (0: "
                       "never). Default: 0 (as the original), 1 for LoRA.") = None,
     precision: _given(str, "--precision", metavar="auto|float32|bfloat16", help="auto: bfloat16 autocast "
-                      "where the device is fast at it (CUDA, a CPU with AMX).") = None,
+                      "where the device is fast at it (CUDA; a CPU, by a 0.1 s probe).") = None,
     dropout: _given(float, "--dropout", metavar="P", min=0.0, max=0.99, help="Network dropout. Default: "
                     "0.1.") = None,
     cfg_dropout: _given(float, "--cfg-dropout", metavar="P", min=0.0, max=0.99, help="Share of examples "

@@ -52,6 +52,10 @@ def missing_dependency(what: str) -> SpectrosynthError:
 
 def _import_basic_pitch():
     """basic_pitch and basic_pitch.inference, imported so that they take onnxruntime and never TensorFlow."""
+    # pretty_midi first, through spectrosynth's guard of its FluidSynth binding (which prints to stdout
+    # under CI=true, and can fail to load): basic_pitch imports pretty_midi too.
+    import spectrosynth.instruments  # noqa: F401
+
     hidden = [name for name in _HIDDEN if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # `import name` raises ImportError: basic_pitch takes it as absent
