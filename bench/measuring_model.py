@@ -169,9 +169,9 @@ def measure(args: argparse.Namespace, data: Path, out: Path) -> None:
     print(json.dumps(summary, indent=2))
     if not args.no_copy:
         log = ROOT / "bench/results/measuring_model_mel.csv"
-        new = not log.exists()
-        with log.open("a") as f:
-            f.write(("step,mel_l1\n" if new else "") + f"{step},{distance:.4f}\n")
+        lines = log.read_text().splitlines() if log.exists() else ["step,mel_l1"]
+        lines = [line for line in lines if not line.startswith(f"{step},")]  # measured again: the new figure
+        log.write_text("\n".join([*lines, f"{step},{distance:.4f}"]) + "\n")
         title = "measuring model: after the demonstration's 2400 steps, on 55 tunes"
         plot_losses(out / "metrics.csv", ROOT / "docs/images/measuring-model-loss.png", title)
         shutil.copyfile(out / "metrics.csv", ROOT / "bench/results/measuring_model_metrics.csv")
