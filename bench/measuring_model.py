@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,13 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from train_bench import cpu_flags  # noqa: E402
+from train_demo import run, soundfont_dataset  # noqa: E402
 
 DEMO_FINAL = ROOT / "build/demo/run/final"
-
-
-def run(*args: str) -> None:
-    print("+ spectrosynth " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "spectrosynth", *args], check=True)
 
 
 def export(run_dir: Path, init: Path, out: Path) -> tuple[Path, int]:
@@ -102,18 +97,7 @@ def main() -> None:
 def train(args: argparse.Namespace, data: Path, out: Path) -> None:
     if not (out / "run.json").exists() and not (args.init / "model_index.json").exists():
         sys.exit(f"{args.init} is missing: run `make demo` first (about an hour), or give --init")
-    run(
-        "dataset",
-        str(ROOT / "bench/data/nottingham"),
-        str(data),
-        "--soundfont",
-        "builtin",
-        "--holdout",
-        "0.2",
-        "--save-audio",
-        "--jobs",
-        "2",
-    )
+    soundfont_dataset(ROOT / "bench/data/nottingham", data, 0.2)
     common = ["--max-steps", str(args.steps), "--val-every", "250", "--checkpoint-every", "250"]
     if (out / "run.json").exists():
         run("train", str(data), str(out), "--resume", *common)

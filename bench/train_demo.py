@@ -42,6 +42,12 @@ def run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "spectrosynth", *args], check=True)
 
 
+def soundfont_dataset(midi: Path, data: Path, holdout: float) -> None:
+    """`spectrosynth dataset` of MIDI files rendered by the built-in General MIDI soundfont (resumes)."""
+    run("dataset", str(midi), str(data), "--soundfont", "builtin", "--holdout", str(holdout), "--save-audio",
+        "--jobs", "2")  # fmt: skip
+
+
 def mel_distances(data: Path, final: Path, seed: int = 0) -> dict[str, float]:
     """Mean |log-mel render - log-mel truth| over the held-out songs' first segments, for the trained model
     and the same network untrained."""
@@ -93,18 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     data, out = args.work / "data", args.work / "run"
     began = time.monotonic()
-    run(
-        "dataset",
-        str(ROOT / "tests/data/midi/nottingham"),
-        str(data),
-        "--soundfont",
-        "builtin",
-        "--holdout",
-        str(HOLDOUT),
-        "--save-audio",
-        "--jobs",
-        "2",
-    )
+    soundfont_dataset(ROOT / "tests/data/midi/nottingham", data, HOLDOUT)
     dataset_seconds = time.monotonic() - began
     common = ["--max-steps", str(args.steps), "--val-every", "100", "--checkpoint-every", "100"]
     if (out / "run.json").exists():

@@ -203,24 +203,38 @@ class BatchProgressDisplay(_Live):
         self._update(total=self.to_render or None, completed=self.done, line=self.line())
 
 
-class DatasetProgressDisplay(_Live):
-    """`spectrosynth dataset`: songs added out of those to do; every unusable pair as a one-line note (even
-    when quiet: they are the run's findings)."""
+class CountedDisplay(_Live):
+    """Items done out of those planned, for a command named `label`: a bar on a terminal, showing
+    `starting` until the plan is known."""
+
+    label = ""
+    starting = ""
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None):
         super().__init__(quiet, stream)
-        self.todo = self.added = self.rejected = 0
+        self.total = 0
 
-    def __enter__(self) -> DatasetProgressDisplay:
+    def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
         columns = (BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn())
-        self._start_bar(TextColumn("dataset"), *columns, total=None, line="reading pairs")
+        self._start_bar(TextColumn(self.label), *columns, total=None, line=self.starting)
         return self
 
-    def planned(self, todo: int) -> None:
-        self.todo = todo
-        self._update(total=todo, line="")
+    def planned(self, total: int) -> None:
+        self.total = total
+        self._update(total=total, line="")
+
+
+class DatasetProgressDisplay(CountedDisplay):
+    """`spectrosynth dataset`: songs added out of those to do; every unusable pair as a one-line note (even
+    when quiet: they are the run's findings)."""
+
+    label, starting = "dataset", "reading pairs"
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+        super().__init__(quiet, stream)
+        self.added = self.rejected = 0
 
     def __call__(self, song: str, what: str, reason: str | None) -> None:
         if what == "rejected":
@@ -229,7 +243,7 @@ class DatasetProgressDisplay(_Live):
         elif what == "added":
             self.added += 1
             if self._bar is None and not self.quiet:
-                self._print(f"spectrosynth: [{self.added + self.rejected}/{self.todo}] added {song}")
+                self._print(f"spectrosynth: [{self.added + self.rejected}/{self.total}] added {song}")
         self._update(completed=self.added, line=f"{self.rejected} unusable")
 
 

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from spectrosynth.progress import _Live
+from spectrosynth.progress import CountedDisplay
 
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-class EvaluateProgressDisplay(_Live):
+class EvaluateProgressDisplay(CountedDisplay):
     """Files scored out of those planned: a bar on a terminal, one line per file otherwise, nothing when
     quiet; a file that fails is one error line even when quiet (it is the run's finding)."""
 
+    label, starting = "evaluate", "loading the transcriber"
+
     def __init__(self, quiet: bool = False, stream: TextIO | None = None):
         super().__init__(quiet, stream)
-        self.total = self.done = self.failed = 0
-        self._start = time.monotonic()
-
-    def __enter__(self) -> EvaluateProgressDisplay:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-        self._start = time.monotonic()
-        columns = (BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn())
-        self._start_bar(TextColumn("evaluate"), *columns, total=None, line="loading the transcriber")
-        return self
-
-    def planned(self, total: int) -> None:
-        self.total = total
-        self._update(total=total, line="")
+        self.done = self.failed = 0
 
     def __call__(self, label: str, result: dict[str, Any] | None, error: str | None) -> None:
         self.done += 1
