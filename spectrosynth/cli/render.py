@@ -1,0 +1,165 @@
+"""`spectrosynth render`: one MIDI file to audio."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spectrosynth.cli.app import app
+from spectrosynth.cli.common import (
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLER_NAME,
+    DEFAULT_VOCODER_NAME,
+    BitDepthOpt,
+    ClipOpt,
+    DeviceOpt,
+    DtypeOpt,
+    DurationOpt,
+    ForceOpt,
+    FormatOpt,
+    GainOpt,
+    GuidanceIntervalOpt,
+    GuidanceOpt,
+    MidiArg,
+    ModelLoader,
+    ModelOpt,
+    MuteOpt,
+    NoDrumsOpt,
+    NormalizeOpt,
+    ProgramOpt,
+    QuietOpt,
+    RevisionOpt,
+    SampleRateOpt,
+    SamplerOpt,
+    Sampling,
+    SeedOpt,
+    StartOpt,
+    StepsOpt,
+    TailOpt,
+    TrackOpt,
+    TrimOpt,
+    VocoderOpt,
+    friendly_errors,
+    note,
+    output_settings,
+    read_score,
+    remap_from_options,
+)
+from spectrosynth.constants import DEFAULT_GUIDANCE
+
+
+def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
+    if summary.notice:
+        note(f"{label}: {summary.notice}", quiet)
+    where = "standard output" if summary.path in (None, "-") else summary.path
+    speed = summary.duration / wall if wall else 0.0
+    note(
+        f"wrote {where}: {summary.duration:.1f} s at {summary.sample_rate} Hz, {summary.subtype} "
+        f"in {wall:.1f} s ({speed:.2f}x real time)",
+        quiet,
+    )
+
+
+def _render_song(
+    song, output: str, settings, loader: ModelLoader, *, sampling: Sampling, seed: int, force: bool,
+    quiet: bool, label: str, mel_out: Path | None = None,
+) -> None:  # fmt: skip
+    """Render one prepared song to `output` ('-' for stdout), writing progressively and atomically."""
+    from spectrosynth.outputs import SongOutput
+    from spectrosynth.progress import RenderProgress
+
+    synth = loader.get()
+    began = time.monotonic()
+    mel_path = None if mel_out is None else str(mel_out)
+    with SongOutput(song, synth.vocoder, output, settings, force, mel_path) as out:
+        with RenderProgress(label, len(song.segments), sampling.steps, quiet=quiet) as progress:
+            tokens = [s.tokens for s in song.segments]
+            for mel in synth.iter_mel(tokens, sampling.steps, seed, None, progress, **sampling.options()):
+                out.add(mel)
+        summary = out.finish()
+    wall = time.monotonic() - began
+    _report_written(summary, label, wall, quiet)
+
+
+@app.command("render")
+@friendly_errors
+def render_command(
+    midi: MidiArg,
+    output: Annotated[
+        str,
+        typer.Argument(
+            help="Audio file to write (.wav or .flac); '-' writes to standard output.", metavar="OUT"
+        ),
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    sampler: SamplerOpt = DEFAULT_SAMPLER_NAME,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = DEFAULT_GUIDANCE,
+    guidance_interval: GuidanceIntervalOpt = "full",
+    seed: SeedOpt = 0,
+    program: ProgramOpt = None,
+    track: TrackOpt = None,
+    mute: MuteOpt = None,
+    no_drums: NoDrumsOpt = False,
+    start: StartOpt = 0.0,
+    duration: DurationOpt = None,
+    fmt: FormatOpt = None,
+    bit_depth: BitDepthOpt = 16,
+    sample_rate: SampleRateOpt = None,
+    gain: GainOpt = 0.0,
+    normalize: NormalizeOpt = False,
+    clip: ClipOpt = "rescale",
+    tail: TailOpt = 1.0,
+    trim: TrimOpt = True,
+    mel_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--mel-out",
+            metavar="MEL.npy",
+            help="Also save the log-mel spectrogram (float32, frames x 128) as .npy.",
+        ),
+    ] = None,
+    vocoder: VocoderOpt = DEFAULT_VOCODER_NAME,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Render a MIDI file to audio (16 kHz mono unless --sample-rate).
+
+    Examples:
+
+      spectrosynth render song.mid song.wav
+
+      spectrosynth render song.mid song.flac --program 0=violin --mute 3 --start 30 --duration 20
+
+      spectrosynth render song.mid song.wav --sampler ddpm --steps 1000 --guidance 2
+
+      cat song.mid | spectrosynth render - - --format flac > song.flac
+    """
+    from dataclasses import replace
+
+    from spectrosynth.audio import check_output, output_format
+
+    settings = output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    settings = replace(settings, fmt=output_format(output, fmt))
+    sampling = Sampling.from_options(sampler, steps, guidance, guidance_interval)
+    check_output(output, force)  # before any slow work
+    if mel_out is not None:
+        check_output(str(mel_out), force)
+    remap = remap_from_options(program, track, mute, no_drums)
+    loader = ModelLoader(model, revision, device, dtype, quiet, vocoder=vocoder.value)
+    from spectrosynth.songs import prepare_song
+
+    label = "<stdin>" if midi == "-" else Path(midi).name
+    song, notices = prepare_song(read_score(midi), remap, start, duration, settings, label)
+    for notice in notices:
+        note(notice, quiet)
+    _render_song(
+        song, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
+        label=label, mel_out=mel_out,
+    )  # fmt: skip
