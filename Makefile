@@ -3,13 +3,53 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
+# Which PyTorch build `make install` puts in: TORCH=cpu, cuda or auto (the default: cuda when `nvidia-smi -L`
+# lists a GPU, else cpu). Linux cpu: PyTorch's CPU wheel index, because PyPI's Linux torch is the CUDA build
+# (several GB of CUDA libraries). Linux cuda: PyPI's own wheel, the CUDA 12 build that `pip install
+# spectrosynth` gets too; its CUDA libraries come as pip packages, so only an NVIDIA driver is needed. macOS:
+# always PyPI's wheel (CPU and Apple's MPS; there is no CUDA build). docs/install.md has the details.
+# TORCH_INDEX=URL installs torch from that index instead (e.g. https://download.pytorch.org/whl/cu126 for an
+# older driver); TORCH_INDEX= (empty) installs plain `pip install torch==$(TORCH_VERSION)` from pip's own
+# sources. When pip is configured with its own package sources (an index-url other than PyPI, an
+# extra-index-url or find-links, in pip's config files or PIP_* variables: a mirror or a wheel folder), no
+# index is added: the machine's sources decide, as they do for every other package.
+TORCH ?= auto
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
+# Evaluated once, and only by `make install` (GNU make: a variable that replaces itself on first use).
+UNAME = $(eval UNAME := $$(shell uname -s))$(UNAME)
+GPU = $(eval GPU := $$(shell nvidia-smi -L 2>/dev/null | grep -m1 '^GPU '))$(GPU)
+PIP_SOURCES = $(eval PIP_SOURCES := $$(sort $$(if $$(filter-out https://pypi.org/simple https://pypi.org/simple/,$$(PIP_INDEX_URL)),PIP_INDEX_URL) \
+  $$(if $$(PIP_EXTRA_INDEX_URL),PIP_EXTRA_INDEX_URL) $$(if $$(PIP_FIND_LINKS),PIP_FIND_LINKS) \
+  $$(shell { $$(PYTHON) -m pip config list || pip3 config list; } 2>/dev/null \
+  | grep -E '^[^=]*[.](index-url|extra-index-url|find-links)=' \
+  | grep -vE "[.]index-url='https://pypi[.]org/simple/?'$$$$" | sed -E 's/=.*//; s/^:env:[.]/env /')))$(PIP_SOURCES)
+
+torch_build = $(if $(filter Darwin,$(UNAME)),macos,$(if $(filter auto,$(TORCH)),$(if $(GPU),cuda,cpu),$(TORCH)))
+ifeq ($(origin TORCH_INDEX),undefined)
+torch_index = $(if $(filter cpu,$(torch_build)),$(if $(PIP_SOURCES),,$(TORCH_CPU_INDEX)))
+torch_why = $(if $(filter cpu,$(torch_build)),$(if $(PIP_SOURCES),this machine's pip sources ($(PIP_SOURCES))$(comma) \
+  not PyTorch's CPU index (TORCH_INDEX=$(TORCH_CPU_INDEX) forces it),PyTorch's CPU wheel index),pip's sources (PyPI \
+  unless configured otherwise))
+else
+torch_index = $(TORCH_INDEX)
+torch_why = $(if $(TORCH_INDEX),TORCH_INDEX=$(TORCH_INDEX),pip's sources (TORCH_INDEX is empty))
+endif
+torch_what = $(if $(filter macos,$(torch_build)),macOS: PyPI's wheel (CPU and MPS),$(torch_build) build)
+torch_auto = $(if $(filter auto,$(TORCH)),$(if $(filter macos,$(torch_build)),,$(if $(GPU), (auto: nvidia-smi \
+  lists a GPU), (auto: nvidia-smi lists no GPU))))
+comma := ,
+
 .PHONY: install test lint format bench demo quality clean
 
 install:
+	$(if $(filter auto cpu cuda,$(TORCH)),,$(error TORCH must be auto, cpu or cuda, not '$(TORCH)'))
+	@echo "make install: torch $(TORCH_VERSION), $(torch_what)$(torch_auto); from $(torch_why)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	# The pinned torch first: an unpinned one would pull the CUDA build where a CPU one is wanted.
-	$(BIN)/python -m pip install torch==2.13.0
+	# The pinned torch first, alone, so that the build chosen above is the one spectrosynth then finds.
+	$(BIN)/python -m pip install torch==$(TORCH_VERSION)$(if $(torch_index), --index-url $(torch_index))
 	$(BIN)/python -m pip install -e ".[test]"
 	# basic-pitch, the transcriber of `spectrosynth evaluate`, without the old TensorFlow its metadata demands.
 	$(BIN)/python -m pip install --no-deps basic-pitch==0.4.0
