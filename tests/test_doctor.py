@@ -152,3 +152,39 @@ def test_devices_are_flattened_one_line_each():
     rows = dict(doctor._rows(section))
     assert rows["cuda:0 name"] == "NVIDIA H200" and rows["cuda:0 bfloat16"] == "yes"
     assert rows["device"] == "error: RuntimeError: no"
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_command_prints_text_and_json(hub):
+    from typer.testing import CliRunner
+
+    from spectrosynth.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "paste this into a bug report" in result.output and torch.__version__ in result.output
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["schema"] == doctor.SCHEMA and report["torch"]["version"] == torch.__version__
+    assert report["model"]["cached"] is False
+
+
+def test_command_exits_0_when_a_probe_fails(monkeypatch):
+    from typer.testing import CliRunner
+
+    from spectrosynth.cli import app
+
+    def broken():
+        raise ImportError("No module named 'onnxruntime'")
+
+    monkeypatch.setitem(doctor.PROBES, "onnxruntime", broken)
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["onnxruntime"] == {"error": "ImportError: No module named 'onnxruntime'"}
+    assert report["torch"]["version"] == torch.__version__

@@ -21,6 +21,7 @@ from spectrosynth.cli import render  # noqa: F401
 from spectrosynth.cli import batch  # noqa: F401
 from spectrosynth.cli import status  # noqa: F401
 from spectrosynth.cli import download  # noqa: F401
+from spectrosynth.cli import doctor  # noqa: F401
 from spectrosynth.cli import dataset  # noqa: F401
 from spectrosynth.cli import train  # noqa: F401
 from spectrosynth.cli import evaluate  # noqa: F401
