@@ -18,7 +18,8 @@ from spectrosynth.batch.jobs import (
     read_files_from,
     shard_of,
 )
-from spectrosynth.batch.run import BatchOptions, BatchProgress, BatchReport, NoProgress, run_batch
+from spectrosynth.batch.options import BatchOptions, BatchProgress, NoProgress
+from spectrosynth.batch.run import BatchReport, run_batch
 from spectrosynth.batch.status import Status, read_status
 
 __all__ = [

@@ -37,13 +37,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spectrosynth.batch.jobs import Job, RenderSettings, Result
+from spectrosynth.batch.options import BatchOptions, BatchProgress
 from spectrosynth.errors import SpectrosynthError
-
-if TYPE_CHECKING:
-    from spectrosynth.batch.run import BatchOptions, BatchProgress
 
 CRASH_ENV = "SPECTROSYNTH_TEST_CRASH_ON"  # the test hook (see the module docstring)
 WAIT_SECONDS = 1.0  # how long the driver blocks in ray.wait: Ctrl-C and the placement check stay responsive

@@ -16,6 +16,19 @@ A line:
      "settings": "3f2a9c0d1e4b5a69"}
 
 status is "ok" (rendered), "failed" (error_type and error say why) or "skipped" (its output exists).
+
+Each run (one `spectrosynth batch` process: a plain run, a shard, a Ray driver) also records when it began,
+before anything is planned or loaded, and when it ended, however it ended (done, an error, Ctrl-C):
+
+    {"run": "start", "writer": "w-node7-4242-a1b2c3", "host": "node7", "pid": 4242, "time": 1764399990.2,
+     "settings": "3f2a9c0d1e4b5a69", "shard": "3/64", "ray": null}
+    {"run": "end", "writer": "w-node7-4242-a1b2c3", "host": "node7", "pid": 4242, "time": 1764400043.0,
+     "outcome": "done", "error": null, "rendered": 1, "failed": 0, "skipped": 0}
+
+outcome is "done", "failed" (error says why) or "stopped" (Ctrl-C). A run that was killed has no end line:
+it ended at its last line. These lines have no "input": `read_lines` (the file attempts) leaves them out and
+`read_runs` reads them. `status` takes the wall time from them: the runs' own time, gaps between runs left
+out, runs side by side (shards) counted once.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +83,32 @@ class ManifestWriter:
             "finished": round(finished, 3),
             "settings": self.digest,
         }
+        # a skip is found again by the next run: no need to wait for the disk
+        self._append(line, sync=result.status != "skipped")
+        return line
+
+    def run_started(self, began: float | None = None, **info: Any) -> dict[str, Any]:
+        """Record that this writer's run began (at `began`, a Unix time; now by default)."""
+        line = {"run": "start", **self._who(), "time": round(began if began is not None else time.time(), 3),
+                "settings": self.digest, **info}  # fmt: skip
+        self._append(line, sync=True)
+        return line
+
+    def run_ended(self, outcome: str, error: str | None = None, **info: Any) -> dict[str, Any]:
+        """Record that this writer's run ended: "done", "failed" (with the error) or "stopped"."""
+        line = {"run": "end", **self._who(), "time": round(time.time(), 3), "outcome": outcome,
+                "error": error, **info}  # fmt: skip
+        self._append(line, sync=True)
+        return line
+
+    def _who(self) -> dict[str, Any]:
+        return {"writer": self.tag, "host": socket.gethostname(), "pid": os.getpid()}
+
+    def _append(self, line: dict[str, Any], sync: bool) -> None:
         data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
         os.write(self._fd, data)  # one append: a line is never split by another write
-        if result.status != "skipped":  # a skip is found again by the next run: no need to wait for the disk
+        if sync:
             os.fsync(self._fd)
-        return line
 
     def close(self) -> None:
         if self._fd is not None:
@@ -94,12 +129,25 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def is_attempt(line: dict[str, Any]) -> bool:
+    """Whether a manifest line records a file attempt (not a run's start or end)."""
+    return "input" in line and "status" in line and "run" not in line
+
+
 def read_lines(out_dir: Path) -> Iterator[dict[str, Any]]:
-    """Every complete line of every writer's manifest, oldest file first; torn or foreign lines skipped."""
+    """Every file attempt of every writer's manifest, oldest file first; torn or foreign lines and the runs'
+    start and end lines skipped."""
+    for _, lines in _read_files(out_dir):
+        yield from (line for line in lines if is_attempt(line))
+
+
+def _read_files(out_dir: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """Every writer's manifest file, oldest first, with its complete JSON object lines, in order."""
     folder = state_dir(out_dir) / MANIFEST_DIR
     if not folder.is_dir():
         return
-    for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(folder.glob("*.jsonl"), key=_mtime):
+        lines = []
         with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
             for text in f:
                 if not text.endswith("\n"):
@@ -108,8 +156,76 @@ def read_lines(out_dir: Path) -> Iterator[dict[str, Any]]:
                     line = json.loads(text)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(line, dict) and "input" in line and "status" in line:
-                    yield line
+                if isinstance(line, dict):
+                    lines.append(line)
+        yield path, lines
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed while listing
+        return 0.0
+
+
+@dataclass
+class Run:
+    """One run's time, from its start and end lines (or, killed or still running, its last line)."""
+
+    writer: str
+    host: str | None
+    start: float
+    end: float
+    outcome: str | None  # "done", "failed", "stopped"; None without an end line (killed, or still running)
+    path: Path  # its manifest file
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
+
+
+def read_runs(out_dir: Path) -> tuple[list[Run], dict[Path, list[dict[str, Any]]]]:
+    """The runs recorded in the manifest, and by manifest file the file attempts recorded outside any run
+    (by versions that wrote no run lines). A file's attempts after a run's start line belong to that run; a
+    run without an end line ends at its last line."""
+    runs: list[Run] = []
+    loose: dict[Path, list[dict[str, Any]]] = {}
+    for path, lines in _read_files(out_dir):
+        current: Run | None = None
+        for line in lines:
+            kind = line.get("run")
+            if kind == "start" and _number(line.get("time")) is not None:
+                current = Run(str(line.get("writer") or path.stem), line.get("host"), line["time"],
+                              line["time"], None, path)  # fmt: skip
+                runs.append(current)
+            elif kind == "end" and current is not None and _number(line.get("time")) is not None:
+                current.end, current.outcome = max(current.end, line["time"]), line.get("outcome") or "done"
+                current = None
+            elif kind is None and is_attempt(line):
+                if current is None:
+                    loose.setdefault(path, []).append(line)
+                else:
+                    current.end = max(current.end, _number(line.get("finished")) or current.end)
+    return runs, loose
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def merged_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of [start, end] intervals: time covered twice counts once."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if end <= start:
+            continue
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
 
 
 def latest(out_dir: Path) -> dict[str, dict[str, Any]]:

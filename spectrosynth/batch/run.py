@@ -6,72 +6,25 @@ record every attempt.
     sweep (writers)          remove temporaries left by writers that died
     skip                     outputs that exist; files that failed before (unless retry_failed)
     render (render / ray)    continuous batching here, or one model per worker on Ray
-    record (manifest)        one line per attempt, as each finishes
+    record (manifest)        one line per attempt, as each finishes, between the run's start and end lines
 
 The library reports through a `BatchProgress` sink and never prints; the command line draws it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
-from spectrosynth.batch.jobs import Job, RenderSettings, Result, plan
+from spectrosynth.batch.jobs import Job, Result, plan
 from spectrosynth.batch.manifest import ManifestWriter, check_settings, latest
+from spectrosynth.batch.options import BatchOptions, BatchProgress, NoProgress
 from spectrosynth.batch.status import error_kind
 from spectrosynth.batch.writers import Writer, sweep_stale
 from spectrosynth.errors import SpectrosynthError
-
-
-class BatchProgress(Protocol):
-    """Where a run reports. Every method is optional to act on."""
-
-    def note(self, message: str) -> None: ...
-
-    def planned(self, total: int, to_render: int) -> None: ...
-
-    def segment(self, job: Job, done: int, segments: int) -> None: ...
-
-    def result(self, result: Result) -> None: ...
-
-    def workers(self, alive: int, total: int) -> None: ...
-
-
-class NoProgress:
-    def note(self, message: str) -> None:
-        pass
-
-    def planned(self, total: int, to_render: int) -> None:
-        pass
-
-    def segment(self, job: Job, done: int, segments: int) -> None:
-        pass
-
-    def result(self, result: Result) -> None:
-        pass
-
-    def workers(self, alive: int, total: int) -> None:
-        pass
-
-
-@dataclass
-class BatchOptions:
-    in_dir: Path
-    out_dir: Path
-    settings: RenderSettings
-    device: str = "auto"
-    batch_size: int | None = None  # None: 1 on a CPU, 8 on a GPU
-    force: bool = False  # render again files whose output exists, and accept changed settings
-    retry_failed: bool = False  # render again files whose last attempt failed
-    shard: tuple[int, int] | None = None  # (I, N), 1-based
-    files_from: str | None = None  # a list of inputs ('-': standard input) instead of walking in_dir
-    ray: str | None = None  # "local", "auto" or HOST:PORT
-    workers: int | None = None  # Ray workers (default: one per GPU, else per 2 CPUs)
-    max_attempts: int = 2  # attempts per file when workers die (Ray)
 
 
 @dataclass
@@ -109,6 +62,7 @@ def run_batch(
 ) -> BatchReport:
     """Render a folder (or this shard of it) as `options` say; `load()` gives the Synthesizer, called once,
     only when a song is ready to render. Returns the tally; per-file failures are in it, not raised."""
+    began = time.time()  # the run's start, as the manifest records it: planning and the model's load count
     progress = progress or NoProgress()
     report = report or BatchReport()
     o, settings = options, options.settings
@@ -134,26 +88,43 @@ def run_batch(
     if removed:
         progress.note(f"removed {len(removed)} unfinished temporary files left by a run that was stopped")
     with Writer(o.out_dir) as writer, ManifestWriter(o.out_dir, writer.tag, settings.digest) as manifest:
+        manifest.run_started(began, shard=f"{o.shard[0]}/{o.shard[1]}" if o.shard else None, ray=o.ray)
+        outcome, error = "failed", None
+        rendered = failed = skipped = 0
 
         def record(result: Result) -> None:
+            nonlocal rendered, failed, skipped
             manifest.record(result)
+            rendered += result.status == "ok"
+            skipped += result.status == "skipped"
+            failed += result.status not in ("ok", "skipped")
             report.add(result)
             progress.result(result)
 
-        for result in work.clashes:
-            record(result)
-        todo = list(_to_render(work.jobs, o, record))
-        progress.planned(len(work.jobs) + len(work.clashes), len(todo))
-        if not todo:
-            return report
-        if o.ray is not None:
-            from spectrosynth.batch.distributed import render_on_ray
+        try:
+            for result in work.clashes:
+                record(result)
+            todo = list(_to_render(work.jobs, o, record))
+            progress.planned(len(work.jobs) + len(work.clashes), len(todo))
+            if todo:
+                if o.ray is not None:
+                    from spectrosynth.batch.distributed import render_on_ray
 
-            results = render_on_ray(todo, o, progress)
-        else:
-            results = _render_here(todo, o, load, writer.tag, progress)
-        for result in results:
-            record(result)
+                    results = render_on_ray(todo, o, progress)
+                else:
+                    results = _render_here(todo, o, load, writer.tag, progress)
+                for result in results:
+                    record(result)
+            outcome = "done"
+        except KeyboardInterrupt:
+            outcome = "stopped"
+            raise
+        except BaseException as e:
+            error = str(e) if isinstance(e, SpectrosynthError) else f"{type(e).__name__}: {e}"
+            raise
+        finally:  # a run killed outright has no end line: it ended at its last line
+            with contextlib.suppress(OSError):  # never hide the error that got us here
+                manifest.run_ended(outcome, error, rendered=rendered, failed=failed, skipped=skipped)
     return report
 
 

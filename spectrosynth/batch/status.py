@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectrosynth.batch.manifest import latest, read_lines
+from spectrosynth.batch.jobs import STATE_DIR
+from spectrosynth.batch.manifest import latest, merged_seconds, read_lines, read_runs
+from spectrosynth.batch.writers import WRITERS_DIR, writer_alive
 
 
 @dataclass
@@ -22,7 +25,15 @@ class Status:
     attempts: int = 0  # lines, all attempts of all inputs
     audio_seconds: float = 0.0  # of the files rendered (latest attempt ok)
     render_seconds: float = 0.0  # time spent on those renders (summed over workers)
-    wall_seconds: float = 0.0  # from the first attempt's start to the last one's end
+    # The runs' own time: the union of every run's [start, end] (gaps between runs left out, runs side by
+    # side counted once). From a manifest without run lines (older versions): the first attempt's start to
+    # the last one's end.
+    wall_seconds: float = 0.0
+    wall_time_from: str = "records"  # "runs"; "records": no run lines; "runs+records": some writers had none
+    runs: int = 0  # runs recorded (processes: plain runs, shards, Ray drivers)
+    runs_running: int = 0  # of those, still running
+    runs_killed: int = 0  # of those, gone without an end line (killed, out of time, lost machine)
+    span_seconds: float = 0.0  # from the first attempt's start to the last one's end, gaps included
     workers: int = 0
     hosts: int = 0
     errors: list[tuple[str, int]] = field(default_factory=list)  # most frequent first
@@ -34,7 +45,7 @@ class Status:
 
     @property
     def real_time_factor(self) -> float:
-        """Audio seconds made per wall-clock second, over the whole run (all workers together)."""
+        """Audio seconds made per wall-clock second of the runs (all workers together)."""
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
@@ -74,11 +85,55 @@ def read_status(out_dir: Path, top: int = 10) -> Status:
         elif kind == "skipped":
             status.skipped += 1
     rendered = [line for line in lines if line.get("status") != "skipped"]
-    if rendered:
-        status.wall_seconds = max(line.get("finished", 0) for line in rendered) - min(
-            line.get("started", 0) for line in rendered
-        )
+    status.span_seconds = _span(rendered)
+    _wall_time(out_dir, status)
     status.workers = len({line.get("worker") for line in lines})
     status.hosts = len({line.get("host") for line in lines})
     status.errors = errors.most_common(top)
     return status
+
+
+def _span(lines: list[dict[str, Any]]) -> float:
+    return _last(lines) - _first(lines) if lines else 0.0
+
+
+def _first(lines: list[dict[str, Any]]) -> float:
+    return min(line.get("started", 0) for line in lines)
+
+
+def _last(lines: list[dict[str, Any]]) -> float:
+    return max(line.get("finished", 0) for line in lines)
+
+
+def _wall_time(out_dir: Path, status: Status) -> None:
+    """The wall time from the runs' start and end lines; a run still going counts up to now. Attempts that
+    no run line covers (writers of older versions) count from their file's first start to its last end."""
+    runs, loose = read_runs(out_dir)
+    if not runs:
+        status.wall_seconds, status.wall_time_from = status.span_seconds, "records"
+        return
+    now = time.time()
+    writers = Path(out_dir) / STATE_DIR / WRITERS_DIR
+    intervals = []
+    for run in runs:
+        end = run.end
+        if run.outcome is None:
+            if _alive(writers / f"{run.writer}.lock"):
+                status.runs_running += 1
+                end = max(end, now)
+            else:
+                status.runs_killed += 1
+        intervals.append((run.start, end))
+    older = [[line for line in group if line.get("status") != "skipped"] for group in loose.values()]
+    older = [group for group in older if group]
+    intervals += [(_first(group), _last(group)) for group in older]  # one writer's file: one process
+    status.runs = len(runs)
+    status.wall_seconds = merged_seconds(intervals)
+    status.wall_time_from = "runs+records" if older else "runs"
+
+
+def _alive(lock: Path) -> bool:
+    try:
+        return writer_alive(lock)
+    except OSError:  # a folder this user may only read: its writers cannot be asked
+        return False
