@@ -4,9 +4,13 @@ The model produces float32 mono audio at 16 kHz, one 5.12 s segment at a time. `
 chunks as they come and:
 
 * resamples them on the fly (python-soxr, "VHQ") when another output rate is asked for;
-* applies a gain, an optional peak normalization and a clip policy ("rescale", "clamp" or "none");
-* never holds the whole song in memory: normalization and "rescale" need the global peak, so the samples
-  first go to an anonymous float32 scratch file and are read back in chunks of 1 M samples at `close()`;
+* applies a gain, an optional peak normalization or loudness target (ITU-R BS.1770-4 integrated
+  loudness, measured as the samples pass by `spectrosynth.loudness`) and a clip policy ("rescale", "clamp"
+  or "none");
+* never holds the whole song in memory: normalization, a loudness target and "rescale" need the whole
+  song's peak or loudness, so the samples first go to an anonymous float32 scratch file and are read back
+  in chunks of 1 M samples at `close()`;
+* writes mono, or stereo when made with `channels=2` (chunks of shape (samples, 2));
 * writes the file atomically: into a hidden ``.OUT.wav.<random>.part`` file in the target's folder that
   `close()` moves onto the target with `os.replace` (or `os.link`, which cannot clobber, without --force).
   An exception, Ctrl-C or `abort()` removes every temporary and leaves an existing target untouched.
@@ -141,12 +145,14 @@ class WriteSummary:
     format: str  # "wav" or "flac"
     subtype: str  # soundfile subtype: PCM_16, PCM_24 or FLOAT
     sample_rate: int  # Hz
-    frames: int  # samples written (mono)
+    frames: int  # sample frames written (one sample per channel each)
     duration: float  # seconds
     peak: float  # linear peak of the final output, before PCM quantisation
-    scale: float  # factor applied by normalize and/or rescale (1.0 if neither changed anything)
+    scale: float  # factor applied by normalize, --loudness, a given level and/or rescale (1.0: none)
     clipped_samples: int  # samples hard-limited to +-1 (--clip clamp, or --clip none with PCM output)
     notice: str | None  # a line for the user when the level was changed or clipped, else None
+    channels: int = 1
+    loudness: float | None = None  # integrated loudness of the output in LUFS, when --loudness measured it
 
     @property
     def peak_dbfs(self) -> float:
@@ -154,7 +160,12 @@ class WriteSummary:
 
 
 class AudioWriter:
-    """Receives float32 mono chunks at `input_rate` and writes one WAV/FLAC file; see the module docstring.
+    """Receives float32 chunks at `input_rate` and writes one WAV/FLAC file; see the module docstring.
+
+    The level: `gain_db` always; then at most one of `normalize` (the peak at `peak_db`), `loudness` (the
+    integrated loudness at that many LUFS, but never a peak above `peak_db`: the notice says when that
+    ceiling held it lower) and `deferred_level` (a scale given to `close(level=...)`, decided elsewhere: a
+    stem takes its mix's).
 
     `clip` says what happens to samples beyond +-1 (after gain and normalize):
     "rescale" scales the whole file down so its peak is exactly 1.0 (two passes, like demucs' default);
@@ -177,6 +188,9 @@ class AudioWriter:
         clip: str = "rescale",
         force: bool = False,
         stdout: BinaryIO | None = None,
+        channels: int = 1,
+        loudness: float | None = None,
+        deferred_level: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.format = _check_format(fmt)
@@ -192,6 +206,15 @@ class AudioWriter:
             raise OutputError(f"--peak must be a finite number of dBFS, not {peak_db}")
         if clip not in CLIP_POLICIES:
             raise OutputError(f"unknown --clip {clip!r}; use rescale, clamp or none")
+        if channels not in (1, 2):
+            raise OutputError(f"--channels must be 1 (mono) or 2 (stereo), not {channels}")
+        if loudness is not None and not (math.isfinite(loudness) and -70.0 <= loudness <= 0.0):
+            raise OutputError(f"--loudness must be between -70 and 0 LUFS (e.g. -14 or -23), not {loudness}")
+        if sum((bool(normalize), loudness is not None, bool(deferred_level))) > 1:
+            raise OutputError("--normalize and --loudness each set the level; give only one of them")
+        self.channels = channels
+        self.loudness = None if loudness is None else float(loudness)
+        self.deferred_level = bool(deferred_level)
         self.gain = db_to_gain(gain_db)
         self.normalize = bool(normalize)
         self.peak_db = float(peak_db)
@@ -199,7 +222,11 @@ class AudioWriter:
         self.force = bool(force)
         self._stdout = stdout
         self._pcm = self.subtype != "FLOAT"
-        self._two_pass = self.normalize or self.clip == "rescale"
+        self._two_pass = (
+            self.normalize or self.loudness is not None or self.deferred_level or self.clip == "rescale"
+        )
+        self._meter = None  # LoudnessMeter of the output-rate samples, with --loudness
+        self._ended = False  # level() or close() has flushed the resampler
 
         self.summary: WriteSummary | None = None
         self._state = "open"  # open -> closed | aborted
@@ -233,14 +260,20 @@ class AudioWriter:
     # -- public API -------------------------------------------------------------------------------------
 
     def write(self, chunk: np.ndarray) -> None:
-        """Add float32 mono samples at `input_rate` (any length, 0 included)."""
+        """Add float32 samples at `input_rate` (any length, 0 included): a 1-D array for mono, or
+        (samples, 2) for stereo."""
         if self._state != "open":
             raise ValueError(f"write to an AudioWriter that is already {self._state}")
+        if self._ended:
+            raise ValueError("write to an AudioWriter after level(): the audio had ended")
         data = np.asarray(chunk)
-        if data.ndim == 2 and 1 in data.shape:
-            data = data.reshape(-1)
-        if data.ndim != 1:
-            raise ValueError(f"AudioWriter takes mono audio (a 1-D array), got shape {data.shape}")
+        if self.channels == 1:
+            if data.ndim == 2 and 1 in data.shape:
+                data = data.reshape(-1)
+            if data.ndim != 1:
+                raise ValueError(f"AudioWriter takes mono audio (a 1-D array), got shape {data.shape}")
+        elif data.ndim != 2 or data.shape[1] != self.channels:
+            raise ValueError(f"this AudioWriter takes (samples, {self.channels}) arrays, got {data.shape}")
         try:
             for start in range(0, len(data), CHUNK_SAMPLES):
                 x = data[start : start + CHUNK_SAMPLES].astype(np.float32, copy=True)
@@ -256,17 +289,27 @@ class AudioWriter:
         except BaseException as e:
             self._fail(e)
 
-    def close(self) -> WriteSummary:
-        """Finish the file and publish it (replace the target, or copy to stdout); return what was written."""
+    def level(self) -> float:
+        """The scale that `close()` will apply before the gain to the audio written so far (normalize or
+        --loudness, then --clip rescale; 1.0 for none of them), for stems to take their mix's level. Call
+        it after the last `write()`."""
+        self._flush_resampler()
+        return self._scale(None)[0] if self._two_pass else 1.0
+
+    def close(self, level: float | None = None) -> WriteSummary:
+        """Finish the file and publish it (replace the target, or copy to stdout); return what was written.
+
+        `level`: the scale to apply, for a writer made with `deferred_level` (its mix's `level()`)."""
         if self._state == "closed":
             assert self.summary is not None
             return self.summary
         if self._state != "open":
             raise ValueError("close an AudioWriter that was aborted")
+        if (level is not None) != self.deferred_level:
+            raise ValueError("close(level=...) goes with, and only with, AudioWriter(deferred_level=True)")
         try:
-            if self._resampler is not None:
-                self._take(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-            scale, notice = self._second_pass() if self._two_pass else (1.0, self._direct_notice())
+            self._flush_resampler()
+            scale, notice = self._second_pass(level) if self._two_pass else (1.0, self._direct_notice())
             if not self._frames and self.format == "flac":  # libsndfile writes 0 bytes: not a FLAC file
                 raise OutputError(
                     f"there is no audio to write to {self._display} (0 samples), and an empty FLAC file "
@@ -281,6 +324,9 @@ class AudioWriter:
         peak = self._raw_peak * self.gain * scale if self._two_pass else self._raw_peak
         if self.clip == "rescale" or self._pcm or self.clip == "clamp":
             peak = min(peak, 1.0)
+        loudness = None
+        if self._meter is not None and (measured := self._meter.integrated()) is not None:
+            loudness = measured + gain_to_db(scale * self.gain) if measured > -math.inf else measured
         self.summary = WriteSummary(
             path=self.path,
             format=self.format,
@@ -292,6 +338,8 @@ class AudioWriter:
             scale=scale,
             clipped_samples=self._clipped,
             notice=notice,
+            channels=self.channels,
+            loudness=loudness,
         )
         return self.summary
 
@@ -348,7 +396,7 @@ class AudioWriter:
         options = dict(
             mode="w",
             samplerate=self.sample_rate,
-            channels=1,
+            channels=self.channels,
             subtype=self.subtype,
             format=self.format.upper(),
         )
@@ -367,8 +415,20 @@ class AudioWriter:
             import soxr
 
             self._resampler = soxr.ResampleStream(
-                self.input_rate, self.sample_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY
+                self.input_rate, self.sample_rate, self.channels, dtype="float32", quality=_RESAMPLE_QUALITY
             )
+        if self.loudness is not None:
+            from spectrosynth.loudness import LoudnessMeter
+
+            self._meter = LoudnessMeter(self.sample_rate, self.channels)
+
+    def _flush_resampler(self) -> None:
+        """The resampler's last samples (once, at the end: no `write()` after it)."""
+        self._ended = True
+        if self._resampler is not None:
+            empty = np.zeros((0,) if self.channels == 1 else (0, self.channels), np.float32)
+            self._take(self._resampler.resample_chunk(empty, last=True))
+            self._resampler = None
 
     def _take(self, y: np.ndarray) -> None:
         """Handle float32 samples at the output rate that this writer owns (they may be changed in place)."""
@@ -377,7 +437,9 @@ class AudioWriter:
         peak = max(float(y.max()), -float(y.min()))
         if self._two_pass:
             self._raw_peak = max(self._raw_peak, peak)
-            _write_all(self._scratch, memoryview(y).cast("B"))
+            if self._meter is not None:
+                self._meter.feed(y)
+            _write_all(self._scratch, memoryview(np.ascontiguousarray(y).reshape(-1)).cast("B"))
             return
         if self.gain != 1.0:
             y *= np.float32(self.gain)
@@ -397,15 +459,34 @@ class AudioWriter:
         self._sf.write(y)
         self._frames += len(y)
 
-    def _second_pass(self) -> tuple[float, str | None]:
-        """Read the scratch file back in chunks, apply the final scale, encode. Returns (scale, notice)."""
-        notice = None
-        scale = 1.0
+    def _level(self, given: float | None) -> tuple[float, str | None]:
+        """The scale from normalize, --loudness or `given` (before the gain), and a notice about it."""
+        if given is not None:
+            return float(given), None
         if self.normalize:
             if self._raw_peak > 0:
-                scale = db_to_gain(self.peak_db) / self._raw_peak
-            else:
-                notice = "the audio is silent, so --normalize left it unchanged"
+                return db_to_gain(self.peak_db) / self._raw_peak, None
+            return 1.0, "the audio is silent, so --normalize left it unchanged"
+        if self._meter is None:
+            return 1.0, None
+        measured = self._meter.integrated()
+        if measured is None:
+            return 1.0, "the audio is shorter than 0.4 s, too short to measure: --loudness left it unchanged"
+        if measured == -math.inf:
+            return 1.0, "the audio is silent, so --loudness left it unchanged"
+        scale = db_to_gain(self.loudness - measured)
+        ceiling = db_to_gain(self.peak_db)
+        if self._raw_peak * scale > ceiling:
+            scale = ceiling / self._raw_peak
+            return scale, (
+                f"its loudness is {measured + gain_to_db(scale):.1f} LUFS, not {self.loudness:g}: more would "
+                f"put its peak above {self.peak_db:g} dBFS"
+            )
+        return scale, None
+
+    def _scale(self, given: float | None = None) -> tuple[float, str | None]:
+        """The final scale before the gain (level, then --clip rescale) and a notice about it."""
+        scale, notice = self._level(given)
         peak = self._raw_peak * scale * self.gain
         if self.clip == "rescale" and peak > 1.0:
             scale /= peak
@@ -414,15 +495,20 @@ class AudioWriter:
                 f"the output peaked at {_db(db)} dBFS and was scaled down by {_db(db, sign=False)} dB "
                 "to avoid clipping (--clip rescale)"
             )
+        return scale, notice
+
+    def _second_pass(self, given: float | None = None) -> tuple[float, str | None]:
+        """Read the scratch file back in chunks, apply the final scale, encode. Returns (scale, notice)."""
+        scale, notice = self._scale(given)
         total = np.float32(scale * self.gain)
         final_peak = float(self._raw_peak * scale * self.gain)
         self._scratch.seek(0)
-        buf = np.empty(CHUNK_SAMPLES, np.float32)
+        buf = np.empty(CHUNK_SAMPLES * self.channels, np.float32)
         while True:
             n = _read_into(self._scratch, memoryview(buf).cast("B")) // 4
             if not n:
                 break
-            y = buf[:n]
+            y = buf[:n] if self.channels == 1 else buf[:n].reshape(-1, self.channels)
             if total != 1.0:
                 y *= total
             self._emit(y, max(float(y.max()), -float(y.min())), rounding_only=final_peak <= 1.0)

@@ -42,6 +42,19 @@ class Pedal:
     track: int
 
 
+@dataclass(frozen=True)
+class ChannelControl:
+    """A channel volume (CC7), pan (CC10) or expression (CC11) change, from any MTrk of the file."""
+
+    time: float
+    channel: int  # 0-based
+    number: int
+    value: int
+
+
+MIX_CONTROLS = (7, 10, 11)  # channel volume, pan, expression: what a stereo mix takes from the file
+
+
 @dataclass
 class Track:
     """A (MIDI track, channel, program) combination, as pretty_midi splits a file into instruments."""
@@ -67,6 +80,7 @@ class Score:
     resolution: int = 0  # ticks per quarter note
     tempo_changes: int = 0
     time_signature_changes: int = 0
+    controls: list[ChannelControl] = field(default_factory=list)  # MIX_CONTROLS, in time order
 
 
 def read_midi(source: str | os.PathLike | bytes, name: str | None = None) -> Score:
@@ -141,7 +155,20 @@ def _parse(data: bytes, label: str) -> Score:
         resolution=pm.resolution,
         tempo_changes=len(pm.get_tempo_changes()[0]),
         time_signature_changes=len(pm.time_signature_changes),
+        controls=_mix_controls(midi_file, pm),
     )
+
+
+def _mix_controls(midi_file, pm) -> list[ChannelControl]:
+    """The file's CC7, CC10 and CC11 changes per MIDI channel, from every MTrk: a synthesizer applies a
+    controller to its channel whichever track carries it (pretty_midi keeps only those in a note's MTrk)."""
+    found = []
+    for mtrk in midi_file.tracks:
+        for message in mtrk:  # pretty_midi has turned the messages' delta times into absolute ticks
+            if message.type == "control_change" and message.control in MIX_CONTROLS:
+                found.append((message.time, message.channel, message.control, message.value))
+    found.sort(key=lambda c: c[0])  # stable: a track's own order within a tick
+    return [ChannelControl(float(pm.tick_to_time(t)), ch, n, v) for t, ch, n, v in found]
 
 
 def _reason(e: Exception) -> str:

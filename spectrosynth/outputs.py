@@ -30,6 +30,8 @@ class OutputSettings:
     clip: str = "rescale"  # rescale, clamp or none
     tail: float = 1.0  # seconds kept after the last note
     trim: bool = True  # False: whole 5.12 s segments
+    channels: int = 1  # 2: a stereo mix of the tracks rendered apart (spectrosynth.stems)
+    loudness: float | None = None  # LUFS to normalise the integrated loudness to, under the peak ceiling
 
     def samples(self, song: PreparedSong) -> int:
         """How many 16 kHz samples of the rendered song are kept."""
@@ -60,7 +62,7 @@ class SongOutput:
         self._files = contextlib.ExitStack()
         self.writer = AudioWriter(
             output, settings.fmt, settings.bit_depth, settings.sample_rate, gain_db=settings.gain_db,
-            normalize=settings.normalize, clip=settings.clip, force=force,
+            normalize=settings.normalize, clip=settings.clip, force=force, loudness=settings.loudness,
         )  # fmt: skip
         self._files.callback(self.writer.abort)  # a no-op once the writer is closed
         self._npy = None
@@ -85,10 +87,16 @@ class SongOutput:
         for audio in self._streamer.feed(mel):
             self._audio(audio)
 
+    def drain(self) -> None:
+        """Vocode what is left (once): after it, `writer` has the whole song."""
+        if self._streamer is not None:
+            for audio in self._streamer.finish():
+                self._audio(audio)
+            self._streamer = None
+
     def finish(self) -> WriteSummary:
         """Vocode what is left, then publish the audio file and the spectrogram."""
-        for audio in self._streamer.finish():
-            self._audio(audio)
+        self.drain()
         summary = self.writer.close()
         self._files.close()  # publishes the .npy (its atomic_file block ends without an error)
         return summary

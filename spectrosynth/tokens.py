@@ -274,10 +274,18 @@ class PreparedSong:
 
 
 def prepare(
-    score: Score, start: float = 0.0, length: float | None = None, max_length: int = INPUT_LENGTH
+    score: Score,
+    start: float = 0.0,
+    length: float | None = None,
+    max_length: int = INPUT_LENGTH,
+    min_duration: float = 0.0,
 ) -> PreparedSong:
-    """Sustain, instrument classes, an optional preview window (`start`, `length` in seconds) and segments."""
+    """Sustain, instrument classes, an optional preview window (`start`, `length` in seconds) and segments.
+
+    min_duration: the song lasts at least this long (seconds, before the window), as one track alone does
+    when it is rendered as long as the whole song (spectrosynth.stems)."""
     notes, duration = model_notes(score)
+    duration = max(duration, min_duration)
     if start or length is not None:
         if start > 0 and start >= duration:
             raise SpectrosynthError(

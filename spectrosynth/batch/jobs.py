@@ -24,7 +24,9 @@ from spectrosynth.outputs import OutputSettings
 MIDI_SUFFIXES = (".mid", ".midi")
 STATE_DIR = ".spectrosynth"  # under the output folder: manifest, run settings, writers' locks
 #: RenderSettings fields added after the first release, with their defaults (see RenderSettings.to_dict).
-LATER_FIELDS: dict[str, Any] = {"vocoder": DEFAULT_VOCODER, "guidance_interval": "full"}
+LATER_FIELDS: dict[str, Any] = {"vocoder": DEFAULT_VOCODER, "guidance_interval": "full", "stems": False}
+#: The same for OutputSettings, recorded under "output".
+LATER_OUTPUT_FIELDS: dict[str, Any] = {"channels": 1, "loudness": None}
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,24 @@ class RenderSettings:
     save_mel: bool = False
     vocoder: str = DEFAULT_VOCODER  # constants.VOCODERS: "model" (melgan/model.onnx) or "griffin-lim"
     guidance_interval: str = "full"  # "LO,HI" in log-SNR, or "full" (spectrosynth.sampling.interval)
+    stems: bool = False  # also a folder of per-track stems next to each song's audio (spectrosynth.stems)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as recorded in run.json and hashed for the digest. Fields added since the first
         release (LATER_FIELDS) are left out while they hold their default, so that a folder rendered before
         they existed keeps its digest and resumes."""
         data = asdict(self)
-        for key, default in LATER_FIELDS.items():
-            if data[key] == default:
-                del data[key]
+        for fields, where in ((LATER_FIELDS, data), (LATER_OUTPUT_FIELDS, data["output"])):
+            for key, default in fields.items():
+                if where[key] == default:
+                    del where[key]
         return data
 
     @staticmethod
     def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
         """A recorded settings dict with the LATER_FIELDS it leaves out filled in, for comparing two."""
-        return {**LATER_FIELDS, **data}
+        output = {**LATER_OUTPUT_FIELDS, **data["output"]} if isinstance(data.get("output"), dict) else None
+        return {**LATER_FIELDS, **data, **({"output": output} if output is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderSettings:
@@ -95,6 +100,12 @@ class Job:
     source: Path  # the MIDI file
     target: Path  # the audio file
     mel_target: Path | None = None  # the spectrogram (.npy), with --save-mel
+
+    @property
+    def stems_target(self) -> Path:
+        """The folder of its stems, with --stems: song.wav's are in song.stems/."""
+        return self.target.with_suffix(".stems")
+
     attempt: int = 1
 
 
@@ -111,6 +122,7 @@ class Result:
     segments: int = 0
     worker: str = ""
     notes: list[str] = field(default_factory=list)  # warnings and notices about the song
+    loudness: float | None = None  # the output's integrated loudness (LUFS), with --loudness
 
     @property
     def ok(self) -> bool:

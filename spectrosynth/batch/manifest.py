@@ -83,6 +83,8 @@ class ManifestWriter:
             "finished": round(finished, 3),
             "settings": self.digest,
         }
+        if result.loudness is not None:  # with --loudness
+            line["loudness_lufs"] = round(result.loudness, 2)
         # a skip is found again by the next run: no need to wait for the disk
         self._append(line, sync=result.status != "skipped")
         return line

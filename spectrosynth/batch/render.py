@@ -7,6 +7,10 @@ file is published and the next job takes its slot, starting at its first segment
 middle of theirs. No pass waits for the longest song of a fixed group, so the batch stays full until the
 queue runs out. Each song gets what it would alone, up to floating-point rounding.
 
+With stems or a stereo mix (spectrosynth.stems) a song is several rows, its tracks (and the whole song
+for a mono mix), which always go through the model together, so a song takes as many places in the batch
+as it has parts.
+
 Files are written progressively and atomically (spectrosynth.outputs.SongOutput). A problem with one file
 (unreadable MIDI, an option it does not fit, an output that cannot be written) is that job's failed
 result; anything else (the model, the device) stops the run.
@@ -28,6 +32,7 @@ from spectrosynth.midi import read_midi
 from spectrosynth.outputs import SongOutput
 from spectrosynth.pipeline import FilmCache, SegmentRow, Synthesizer
 from spectrosynth.songs import prepare_song
+from spectrosynth.stems import PartsOutput, needs_parts, plan_parts
 from spectrosynth.tokens import PreparedSong
 
 #: Errors that concern one file: the batch goes on.
@@ -36,14 +41,20 @@ PER_FILE_ERRORS = (MidiError, OutputError, RemapError)
 
 @dataclass
 class _Slot:
+    """A song in the batch: one row, or one per part with stems or a stereo mix."""
+
     job: Job
-    song: PreparedSong
-    output: SongOutput
-    generator: torch.Generator
+    songs: list[PreparedSong]  # the rows, all with as many segments
+    output: SongOutput | PartsOutput
+    generators: list[torch.Generator]
     began: float
     notes: list[str]
     done: int = 0
-    context: np.ndarray | None = None
+    contexts: list[np.ndarray | None] = field(default_factory=list)
+
+    @property
+    def segments(self) -> int:
+        return len(self.songs[0].segments)
 
 
 @dataclass
@@ -84,27 +95,41 @@ def render_jobs(
     slots: list[_Slot] = []
 
     def refill() -> Iterator[Result]:
-        while len(slots) < batch_size:
+        while sum(len(s.songs) for s in slots) < batch_size:
             job = next(queue, None)
             if job is None:
                 return
             began = time.monotonic()
             try:
-                song, notes = prepare_song(read_midi(job.source, name=job.rel), remap, settings.start,
-                                           settings.duration, settings.output, job.rel)  # fmt: skip
+                score = read_midi(job.source, name=job.rel)
                 job.target.parent.mkdir(parents=True, exist_ok=True)
                 mel = None if job.mel_target is None else str(job.mel_target)
-                output = SongOutput(song, synth.vocoder, str(job.target), settings.output, force, mel)
+                if needs_parts(settings.output, settings.stems):
+                    parts = plan_parts(score, remap, settings.start, settings.duration, settings.output,
+                                       job.rel, stems=settings.stems)  # fmt: skip
+                    songs, notes = [p.song for p in parts.parts], parts.notices
+                    # The batch owns each song's stem folder: a re-render replaces what a stopped one left.
+                    output = PartsOutput(parts, synth.vocoder, str(job.target), settings.output, force,
+                                         job.stems_target, mel, stems_force=True)  # fmt: skip
+                else:
+                    song, notes = prepare_song(score, remap, settings.start, settings.duration,
+                                               settings.output, job.rel)  # fmt: skip
+                    songs = [song]
+                    output = SongOutput(song, synth.vocoder, str(job.target), settings.output, force, mel)
             except (SpectrosynthError, OSError) as e:  # anything about reading or preparing this file
                 yield _failed(job, e, began, worker)
                 continue
-            generator = torch.Generator().manual_seed(settings.seed)
-            slots.append(_Slot(job, song, output, generator, began, notes))
+            generators = [torch.Generator().manual_seed(settings.seed) for _ in songs]
+            slots.append(_Slot(job, songs, output, generators, began, notes, contexts=[None] * len(songs)))
 
     try:
         yield from refill()
         while slots:
-            rows = [SegmentRow(s.song.segments[s.done].tokens, s.context, s.generator) for s in slots]
+            rows = [
+                SegmentRow(song.segments[s.done].tokens, context, generator)
+                for s in slots
+                for song, context, generator in zip(s.songs, s.contexts, s.generators, strict=True)
+            ]
             mels = synth.sample_segments(rows, sampler=settings.sampler, steps=settings.steps,
                                          guidance=settings.guidance, films=films,
                                          guidance_interval=settings.guidance_interval)  # fmt: skip
@@ -113,8 +138,12 @@ def render_jobs(
                 stats.rows += len(rows)
                 stats.slots += batch_size
                 stats.per_pass.append(len(rows))
-            finished = [result for slot, mel in zip(slots, mels, strict=True)
-                        if (result := _add(slot, mel, worker, on_segment)) is not None]  # fmt: skip
+            per_slot, at = [], 0
+            for slot in slots:
+                per_slot.append(mels[at : at + len(slot.songs)])
+                at += len(slot.songs)
+            finished = [result for slot, mine in zip(slots, per_slot, strict=True)
+                        if (result := _add(slot, mine, worker, on_segment)) is not None]  # fmt: skip
             done = {id(r.job) for r in finished}
             slots[:] = [s for s in slots if id(s.job) not in done]
             yield from finished
@@ -125,22 +154,26 @@ def render_jobs(
         raise
 
 
-def _add(slot: _Slot, mel: np.ndarray, worker: str, on_segment) -> Result | None:
-    """Give a song its next segment; its Result once it is finished (or has failed)."""
-    slot.context, slot.done = mel, slot.done + 1
+def _add(slot: _Slot, mels: list[np.ndarray], worker: str, on_segment) -> Result | None:
+    """Give a song its next segment (one per row); its Result once it is finished (or has failed)."""
+    slot.contexts, slot.done = list(mels), slot.done + 1
     try:
-        slot.output.add(mel)
+        if isinstance(slot.output, SongOutput):
+            slot.output.add(mels[0])
+        else:
+            slot.output.add(mels)
         if on_segment is not None:
-            on_segment(slot.job, slot.done, len(slot.song.segments))
-        if slot.done < len(slot.song.segments):
+            on_segment(slot.job, slot.done, slot.segments)
+        if slot.done < slot.segments:
             return None
         summary = slot.output.finish()
     except (*PER_FILE_ERRORS, OSError) as e:
         slot.output.abort()
         return _failed(slot.job, e, slot.began, worker)
     seconds = time.monotonic() - slot.began
-    return Result(slot.job, "ok", audio_seconds=summary.duration, render_seconds=seconds,
-                  segments=len(slot.song.segments), worker=worker, notes=slot.notes)  # fmt: skip
+    mix = summary if isinstance(slot.output, SongOutput) else summary.mix
+    return Result(slot.job, "ok", audio_seconds=mix.duration, render_seconds=seconds,
+                  segments=slot.segments, worker=worker, notes=slot.notes, loudness=mix.loudness)  # fmt: skip
 
 
 def _failed(job: Job, e: BaseException, began: float, worker: str) -> Result:

@@ -14,6 +14,7 @@ The library reports through a `BatchProgress` sink and never prints; the command
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,11 +37,14 @@ class BatchReport:
     skipped: int = 0
     audio_seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, error)
+    loudness: list[float] = field(default_factory=list)  # LUFS of each file rendered with --loudness
 
     def add(self, result: Result) -> None:
         if result.status == "ok":
             self.rendered += 1
             self.audio_seconds += result.audio_seconds
+            if result.loudness is not None and result.loudness > -math.inf:
+                self.loudness.append(result.loudness)
         elif result.status == "skipped":
             self.skipped += 1
         else:

@@ -13,6 +13,7 @@ from spectrosynth.cli.common import (
     DEFAULT_SAMPLER_NAME,
     DEFAULT_VOCODER_NAME,
     BitDepthOpt,
+    ChannelsOpt,
     ClipOpt,
     DeviceOpt,
     DtypeOpt,
@@ -20,6 +21,7 @@ from spectrosynth.cli.common import (
     GainOpt,
     GuidanceIntervalOpt,
     GuidanceOpt,
+    LoudnessOpt,
     ModelLoader,
     ModelOpt,
     MuteOpt,
@@ -79,6 +81,16 @@ def batch_command(
     clip: ClipOpt = "rescale",
     tail: TailOpt = 1.0,
     trim: TrimOpt = True,
+    channels: ChannelsOpt = 1,
+    loudness: LoudnessOpt = None,
+    stems: Annotated[
+        bool,
+        typer.Option(
+            "--stems",
+            help="Also write each song's tracks alone into a folder next to its audio (song.wav: "
+            "song.stems/03-strings-violin.wav, ...), at the mix's level.",
+        ),
+    ] = False,
     save_mel: Annotated[
         bool, typer.Option("--save-mel", help="Also save each log-mel spectrogram next to its audio (.npy).")
     ] = False,
@@ -170,13 +182,17 @@ def batch_command(
     from spectrosynth.batch import BatchOptions, RenderSettings, parse_shard, run_batch
     from spectrosynth.progress import BatchProgressDisplay
 
-    settings = output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    settings = output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim, channels,
+                               loudness)  # fmt: skip
+    if save_mel and channels == 2:
+        raise typer.BadParameter("a stereo mix of tracks has no single spectrogram; use --channels 1",
+                                 param_hint="'--save-mel'")  # fmt: skip
     sampling = Sampling.from_options(sampler, steps, guidance, guidance_interval)
     remap_from_options(program, track, mute, no_drums)  # a bad option fails now
     render = RenderSettings(
         model, revision, dtype, sampling.sampler, sampling.steps, sampling.guidance, seed,
         tuple(program or ()), tuple(track or ()), tuple(mute or ()), no_drums, start, duration, settings,
-        save_mel, vocoder=vocoder.value, guidance_interval=sampling.interval,
+        save_mel, vocoder=vocoder.value, guidance_interval=sampling.interval, stems=stems,
     )  # fmt: skip
     options = BatchOptions(
         in_dir, out_dir, render, device, batch_size, force, retry_failed,
@@ -207,12 +223,18 @@ def _batch_summary(report, interrupted: bool = False, quiet: bool = False) -> No
         return
     console = Console(stderr=True, highlight=False)
     table = Table(title="batch interrupted" if interrupted else "batch finished", title_justify="left")
-    for column in ("rendered", "skipped", "failed", "audio", "wall time", "x real time"):
-        table.add_column(column, justify="right")
+    columns = ["rendered", "skipped", "failed", "audio", "wall time", "x real time"]
     wall = report.wall_seconds
     speed = report.audio_seconds / wall if wall > 0 else 0.0
-    table.add_row(str(report.rendered), str(report.skipped), str(len(report.failed)),
-                  f"{report.audio_seconds:.1f} s", f"{wall:.1f} s", f"{speed:.2f}")  # fmt: skip
+    row = [str(report.rendered), str(report.skipped), str(len(report.failed)),
+           f"{report.audio_seconds:.1f} s", f"{wall:.1f} s", f"{speed:.2f}"]  # fmt: skip
+    if report.loudness:  # --loudness: what the files measure, lowest to highest
+        low, high = min(report.loudness), max(report.loudness)
+        columns.append("loudness")
+        row.append(f"{low:.1f} LUFS" if high - low < 0.05 else f"{low:.1f} to {high:.1f} LUFS")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*row)
     console.print(table)
     for rel, message in report.failed:
         console.print(f"failed: {message}" if rel in message else f"failed: {rel}: {message}", soft_wrap=True)

@@ -220,6 +220,27 @@ ClipOpt = Annotated[
         help="Beyond full scale: rescale (lower the whole file), clamp (hard-limit samples) or none.",
     ),
 ]
+ChannelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--channels",
+        metavar="1|2",
+        help="1: the model's mono render of the whole song. 2: stereo, each track rendered alone and placed "
+        "by its MIDI pan (CC10, constant power), volume (CC7) and expression (CC11) at its first note.",
+    ),
+]
+LoudnessOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--loudness",
+        metavar="LUFS",
+        min=-70.0,
+        max=0.0,
+        show_default=False,
+        help="Normalise the integrated loudness (ITU-R BS.1770-4) to this many LUFS, e.g. -14 (streaming) or "
+        "-23 (EBU R128), never putting the peak above -1 dBFS. Instead of --normalize.",
+    ),
+]
 TailOpt = Annotated[
     float,
     typer.Option(
@@ -275,7 +296,9 @@ def clock(seconds: float) -> str:
     return f"{int(minutes)}:{rest:04.1f}"
 
 
-def output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim):
+def output_settings(
+    fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim, channels=1, loudness=None
+):
     from spectrosynth.errors import SpectrosynthError
     from spectrosynth.outputs import OutputSettings
 
@@ -288,7 +311,13 @@ def output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, tr
         raise typer.BadParameter(f"{bit_depth} is not one of 16, 24, 32", param_hint="'--bit-depth'")
     if fmt == "flac" and bit_depth == 32:
         raise SpectrosynthError("FLAC holds at most 24 bits; use --bit-depth 24 or a .wav file")
-    return OutputSettings(fmt or "wav", bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    if channels not in (1, 2):
+        raise typer.BadParameter(f"{channels} is not one of 1, 2", param_hint="'--channels'")
+    if loudness is not None and normalize:
+        raise typer.BadParameter("--normalize sets the peak, --loudness the loudness; give one of them",
+                                 param_hint="'--loudness'")  # fmt: skip
+    return OutputSettings(fmt or "wav", bit_depth, sample_rate, gain, normalize, clip, tail, trim, channels,
+                          loudness)  # fmt: skip
 
 
 class ModelLoader:

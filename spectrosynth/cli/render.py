@@ -14,6 +14,7 @@ from spectrosynth.cli.common import (
     DEFAULT_SAMPLER_NAME,
     DEFAULT_VOCODER_NAME,
     BitDepthOpt,
+    ChannelsOpt,
     ClipOpt,
     DeviceOpt,
     DtypeOpt,
@@ -23,6 +24,7 @@ from spectrosynth.cli.common import (
     GainOpt,
     GuidanceIntervalOpt,
     GuidanceOpt,
+    LoudnessOpt,
     MidiArg,
     ModelLoader,
     ModelOpt,
@@ -51,16 +53,23 @@ from spectrosynth.cli.common import (
 from spectrosynth.constants import DEFAULT_GUIDANCE
 
 
-def _report_written(summary, label: str, wall: float, quiet: bool) -> None:
+def _report_written(summary, label: str, wall: float, quiet: bool, stems=None) -> None:
     if summary.notice:
         note(f"{label}: {summary.notice}", quiet)
     where = "standard output" if summary.path in (None, "-") else summary.path
     speed = summary.duration / wall if wall else 0.0
-    note(
-        f"wrote {where}: {summary.duration:.1f} s at {summary.sample_rate} Hz, {summary.subtype} "
-        f"in {wall:.1f} s ({speed:.2f}x real time)",
-        quiet,
-    )
+    what = f"{summary.duration:.1f} s at {summary.sample_rate} Hz, {summary.subtype}"
+    if summary.channels == 2:
+        what += ", stereo"
+    if summary.loudness is not None:
+        what += f", {summary.loudness:.1f} LUFS"
+    note(f"wrote {where}: {what} in {wall:.1f} s ({speed:.2f}x real time)", quiet)
+    if stems:
+        folder = Path(stems[0].path).parent
+        note(f"wrote {len(stems)} stems to {folder}: " + ", ".join(Path(s.path).name for s in stems), quiet)
+        for stem in stems:
+            if stem.notice:
+                note(f"{Path(stem.path).name}: {stem.notice}", quiet)
 
 
 def _render_song(
@@ -82,6 +91,28 @@ def _render_song(
         summary = out.finish()
     wall = time.monotonic() - began
     _report_written(summary, label, wall, quiet)
+
+
+def _render_parts(
+    parts, output: str, settings, loader: ModelLoader, *, sampling: Sampling, seed: int, force: bool,
+    quiet: bool, label: str, stems_dir: Path | None, mel_out: Path | None = None,
+) -> None:  # fmt: skip
+    """Render a song's parts (tracks, and the whole song for a mono mix) as rows of one batch: the mix to
+    `output` and, with `stems_dir`, each track's stem."""
+    from spectrosynth.progress import RenderProgress
+    from spectrosynth.stems import PartsOutput, sample_parts
+
+    synth = loader.get()
+    began = time.monotonic()
+    mel_path = None if mel_out is None else str(mel_out)
+    segments = len(parts.song.segments)
+    with PartsOutput(parts, synth.vocoder, output, settings, force, stems_dir, mel_path) as out:
+        with RenderProgress(label, segments, sampling.steps, quiet=quiet) as progress:
+            for mels in sample_parts(synth, parts, sampling.steps, seed, progress, **sampling.options()):
+                out.add(mels)
+        summary = out.finish()
+    wall = time.monotonic() - began
+    _report_written(summary.mix, label, wall, quiet, summary.stems)
 
 
 @app.command("render")
@@ -117,6 +148,17 @@ def render_command(
     clip: ClipOpt = "rescale",
     tail: TailOpt = 1.0,
     trim: TrimOpt = True,
+    channels: ChannelsOpt = 1,
+    loudness: LoudnessOpt = None,
+    stems: Annotated[
+        Path | None,
+        typer.Option(
+            "--stems",
+            metavar="DIR",
+            help="Also write each track alone into DIR (03-strings-violin.wav, ...), rendered with the same "
+            "seed and options, at the mix's level; mono, or placed in stereo with --channels 2.",
+        ),
+    ] = None,
     mel_out: Annotated[
         Path | None,
         typer.Option(
@@ -129,11 +171,13 @@ def render_command(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Render a MIDI file to audio (16 kHz mono unless --sample-rate).
+    """Render a MIDI file to audio (16 kHz mono unless --sample-rate or --channels 2).
 
     Examples:
 
       spectrosynth render song.mid song.wav
+
+      spectrosynth render song.mid mix.wav --channels 2 --stems stems/ --loudness -14
 
       spectrosynth render song.mid song.flac --program 0=violin --mute 3 --start 30 --duration 20
 
@@ -145,18 +189,35 @@ def render_command(
 
     from spectrosynth.audio import check_output, output_format
 
-    settings = output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim)
+    settings = output_settings(fmt, bit_depth, sample_rate, gain, normalize, clip, tail, trim, channels,
+                               loudness)  # fmt: skip
     settings = replace(settings, fmt=output_format(output, fmt))
     sampling = Sampling.from_options(sampler, steps, guidance, guidance_interval)
+    if mel_out is not None and channels == 2:
+        raise typer.BadParameter("a stereo mix of tracks has no single spectrogram; use --channels 1",
+                                 param_hint="'--mel-out'")  # fmt: skip
     check_output(output, force)  # before any slow work
     if mel_out is not None:
         check_output(str(mel_out), force)
     remap = remap_from_options(program, track, mute, no_drums)
     loader = ModelLoader(model, revision, device, dtype, quiet, vocoder=vocoder.value)
     from spectrosynth.songs import prepare_song
+    from spectrosynth.stems import check_stem_outputs, needs_parts, plan_parts
 
     label = "<stdin>" if midi == "-" else Path(midi).name
-    song, notices = prepare_song(read_score(midi), remap, start, duration, settings, label)
+    score = read_score(midi)
+    if needs_parts(settings, stems is not None):
+        parts = plan_parts(score, remap, start, duration, settings, label, stems=stems is not None)
+        if stems is not None:
+            check_stem_outputs(parts, stems, settings.fmt, force)
+        for notice in parts.notices:
+            note(notice, quiet)
+        _render_parts(
+            parts, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
+            label=label, stems_dir=stems, mel_out=mel_out,
+        )  # fmt: skip
+        return
+    song, notices = prepare_song(score, remap, start, duration, settings, label)
     for notice in notices:
         note(notice, quiet)
     _render_song(
