@@ -27,6 +27,9 @@ def inspect_score(score: Score, include_tokens: bool = False, remap: Remap | Non
         score, notices = apply_remap(score, remap)
     song = prepare(score)
     segments = song.segments
+    from spectrosynth.stems import placement, stem_name
+
+    placements = [placement(score, t.index) for t in score.tracks]
     raw_lengths = [len(s.tokens) + s.dropped_tokens for s in segments]  # before any cut
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -65,6 +68,10 @@ def inspect_score(score: Score, include_tokens: bool = False, remap: Remap | Non
                 "source_program": getattr(t, "source_program", None)
                 if getattr(t, "remapped", False)
                 else None,
+                "pan": placements[t.index].pan,
+                "volume": placements[t.index].volume,
+                "expression": placements[t.index].expression,
+                "stem": stem_name(score, t.index),
             }
             for t in score.tracks
         ],

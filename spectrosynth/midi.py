@@ -168,7 +168,13 @@ def _mix_controls(midi_file, pm) -> list[ChannelControl]:
             if message.type == "control_change" and message.control in MIX_CONTROLS:
                 found.append((message.time, message.channel, message.control, message.value))
     found.sort(key=lambda c: c[0])  # stable: a track's own order within a tick
-    return [ChannelControl(float(pm.tick_to_time(t)), ch, n, v) for t, ch, n, v in found]
+    controls = []
+    for tick, channel, number, value in found:
+        try:
+            controls.append(ChannelControl(float(pm.tick_to_time(tick)), channel, number, value))
+        except IndexError:  # past pretty_midi's tick map (nothing plays there)
+            break
+    return controls
 
 
 def _reason(e: Exception) -> str:

@@ -37,7 +37,8 @@ def test_inspect_json_is_stable_and_complete(complex_midi):
     assert track == {
         "track": 7, "name": "", "channel": 7, "program": 30, "program_name": "Distortion Guitar",
         "is_drum": False, "notes": 484, "model_class": 29, "model_class_name": "Distorted Electric Guitar",
-        "muted": False, "source_program": None,
+        "muted": False, "source_program": None, "pan": 88, "volume": 117, "expression": 127,
+        "stem": "07-guitar-distortion-guitar",
     }  # fmt: skip
     drums = [t for t in report["tracks"] if t["is_drum"]]
     assert drums[0]["channel"] == 10 and drums[0]["model_class"] is None
