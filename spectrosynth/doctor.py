@@ -37,6 +37,7 @@ PACKAGES = (
     "numpy",
     "soundfile",
     "soxr",
+    "pyloudnorm",
     "huggingface_hub",
     "pretty_midi",
     "onnxruntime",
@@ -377,11 +378,16 @@ PROBES: dict[str, Callable[[], Any]] = {
 
 
 def collect() -> dict[str, Any]:
-    """Every probe's section, in PROBES order, plus the schema and how long it took."""
+    """Every probe's section, in PROBES order, plus the schema and how long it took. What a probe prints
+    goes to stderr."""
+    import contextlib
+
     began = time.perf_counter()
     report: dict[str, Any] = {"schema": SCHEMA}
-    for name, probe in PROBES.items():
-        report[name] = guarded(probe)
+    # A module that prints while imported (pyfluidsynth does under CI=true) must not mix into --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        for name, probe in PROBES.items():
+            report[name] = guarded(probe)
     report["seconds"] = round(time.perf_counter() - began, 2)
     return report
 
