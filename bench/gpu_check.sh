@@ -17,7 +17,8 @@
 # GPU_CHECK_INSTALL=minimal|full (minimal: torch, spectrosynth, pytest and onnx; full: `make install
 # TORCH=cuda`, every extra and test reference), GPU_CHECK_MODEL (the base checkpoint, written once:
 # build/gpu-check/base-model), GPU_CHECK_BUDGET (seconds, 480), GPU_CHECK_NO_GPU=1 (--no-gpu: act as on a
-# machine without one), TORCH_INDEX (as for `make install`: the index torch comes from).
+# machine without one), TORCH_INDEX (as for `make install`: the index torch comes from), PYTHON (the
+# interpreter of the fresh environment: python3).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,7 +34,7 @@ NO_GPU=${GPU_CHECK_NO_GPU:-0}
 TORCH_VERSION=2.13.0
 PYTHON=${PYTHON:-python3} # makes the fresh environment
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 while (($#)); do
   case $1 in
