@@ -30,15 +30,17 @@ SONGS = {"english3.mid": 3, "example_complex.mid": 18}  # name: tracks
 
 
 def render(checkpoint: Path, song: Path, options: list[str], seconds: float, out: Path, env) -> float:
-    command = [sys.executable, "-m", "spectrosynth", "render", str(song), str(out), "--model", str(checkpoint),
-               "--device", "cpu", "--duration", f"{seconds:g}", "--force", "-q", *options]  # fmt: skip
+    command = [sys.executable, "-m", "spectrosynth", "render", str(song), str(out), "--model",
+               str(checkpoint), "--device", "cpu", "--duration", f"{seconds:g}", "--force", "-q",
+               *options]  # fmt: skip
     began = time.perf_counter()
     subprocess.run(command, check=True, env=env)
     return time.perf_counter() - began
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/spectrosynth-base-random"))
     parser.add_argument("--seconds", type=float, default=10.0, help="of each song: 2 segments by default")
     parser.add_argument("--dtype", default="auto")

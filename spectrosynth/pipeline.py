@@ -41,7 +41,7 @@ from spectrosynth.constants import (
     VOCODERS,
 )
 from spectrosynth.errors import SpectrosynthError
-from spectrosynth.precision import cpu_bfloat16_is_faster, quantize_int8
+from spectrosynth.precision import cpu_bfloat16_is_faster, cuda_bfloat16_is_native, quantize_int8
 from spectrosynth.sampling import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -142,7 +142,7 @@ def resolve_precision(dtype: str, device: torch.device) -> str:
     """
     if dtype == "auto":
         if device.type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            return "bfloat16" if cuda_bfloat16_is_native() else "float16"
         return "bfloat16" if cpu_bfloat16_is_faster() else "float32"
     if dtype not in PRECISIONS:
         raise SpectrosynthError(f"unknown dtype {dtype!r}; use auto, {', '.join(PRECISIONS)}")

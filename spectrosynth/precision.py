@@ -112,3 +112,13 @@ def is_int8(module: nn.Module) -> int:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
     return sum(isinstance(m, DynamicQuantizedLinear) for m in module.modules())
+
+
+def cuda_bfloat16_is_native() -> bool:
+    """bfloat16 computed by the GPU itself (Ampere and newer), not emulated, slowly, as on a T4 or V100."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 counted no emulation
+        return torch.cuda.is_bf16_supported()

@@ -254,3 +254,16 @@ def test_float16_residuals_stay_finite():
     assert torch.isfinite(clamp_float16(x * 1)).all() and clamp_float16(x)[2] == 1
     big = torch.tensor([1e6])
     assert clamp_float16(big) is big  # other precisions untouched
+
+
+def test_auto_on_cuda_takes_bfloat16_only_where_it_is_native(monkeypatch):
+    """A T4 or V100 emulates bfloat16 (torch's is_bf16_supported() says yes by default): float16 there."""
+    import torch
+
+    from spectrosynth.pipeline import resolve_precision
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", cuda) == "float16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", cuda) == "bfloat16"

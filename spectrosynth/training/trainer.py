@@ -34,7 +34,7 @@ import torch
 
 from spectrosynth import weights
 from spectrosynth.errors import SpectrosynthError
-from spectrosynth.precision import cpu_bfloat16_is_faster
+from spectrosynth.precision import cpu_bfloat16_is_faster, cuda_bfloat16_is_native
 from spectrosynth.training import checkpoint as ckpt
 from spectrosynth.training.examples import TrainingExamples, collate, validation_examples
 from spectrosynth.training.logs import PLOT, MetricsLog, plot_losses
@@ -181,7 +181,7 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bfloat16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cuda_bfloat16_is_native() else None
     return torch.bfloat16 if cpu_bfloat16_is_faster() else None
 
 
