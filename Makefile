@@ -41,7 +41,7 @@ torch_auto = $(if $(filter auto,$(TORCH)),$(if $(filter macos,$(torch_build)),,$
   lists a GPU), (auto: nvidia-smi lists no GPU))))
 comma := ,
 
-.PHONY: install test lint format bench demo quality clean
+.PHONY: install test lint format bench gpu-check demo quality clean
 
 install:
 	$(if $(filter auto cpu cuda,$(TORCH)),,$(error TORCH must be auto, cpu or cuda, not '$(TORCH)'))
@@ -79,6 +79,12 @@ bench:
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/int8_bench.py --checkpoint $(BASE_MODEL)
 	$(BIN)/python bench/end_to_end.py --checkpoint $(BASE_MODEL)
+	$(BIN)/python bench/stems_bench.py --checkpoint $(BASE_MODEL)
+
+# The prepared GPU check (docs/performance.md#gpu-check): a fresh CUDA environment, the cuda tests and the
+# CUDA benchmarks, under 8 minutes, into build/gpu-check/results-<date>/. Runs (quickly, CUDA skipped) on a CPU.
+gpu-check:
+	bench/gpu_check.sh
 
 # The training demonstration (docs/training.md): a small model trained from scratch on this CPU, about an
 # hour; run it again to resume. DEMO_STEPS more than before trains on.
