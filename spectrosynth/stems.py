@@ -225,6 +225,14 @@ class PartsOutput:
             raise OutputError("a stereo mix of tracks has no single spectrogram to save; use --channels 1")
         self.parts = parts
         self._files = contextlib.ExitStack()
+        try:
+            self._open(vocoder, output, settings, force, stems_dir, mel_out, stems_force)
+        except BaseException:  # an output that cannot be written: remove what was opened before it
+            self._files.close()
+            raise
+
+    def _open(self, vocoder, output, settings, force, stems_dir, mel_out, stems_force) -> None:
+        parts = self.parts
         self._joint = None
         if parts.joint is not None:  # the mono mix: the song's own output, spectrogram and all
             self._joint = SongOutput(parts.joint.song, vocoder, output, settings, force, mel_out)
@@ -238,7 +246,9 @@ class PartsOutput:
         self.stem_writers: list[AudioWriter] = []
         if parts.stems:
             folder = Path(stems_dir)
-            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.exists():
+                folder.mkdir(parents=True)
+                self._files.callback(_remove_if_empty, folder)  # runs last: after the writers' aborts
             stem_force = force if stems_force is None else stems_force
             for path in stem_paths(parts, folder, settings.fmt):
                 self.stem_writers.append(
@@ -304,6 +314,12 @@ class PartsOutput:
         for writer, one in zip(self.stem_writers, placed if self.parts.stems else [], strict=True):
             writer.write(one)
         self._written += take
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A stem folder made for a render that did not finish, if nothing else went into it."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def check_stem_outputs(parts: SongParts, folder: str | Path, fmt: str, force: bool) -> None:

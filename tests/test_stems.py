@@ -285,3 +285,34 @@ def test_new_options_keep_old_batch_digests():
     assert stereo.digest != settings.digest
     assert RenderSettings.from_dict(stereo.to_dict()) == stereo
     assert RenderSettings.from_dict(settings.to_dict()) == settings
+
+
+def test_an_output_that_cannot_be_opened_leaves_nothing_behind(tmp_path, tiny_synth):
+    from spectrosynth.errors import OutputError
+    from spectrosynth.stems import PartsOutput
+
+    score = read_midi(write(tmp_path, three_tracks()))
+    settings = OutputSettings(channels=2)
+    parts = plan_parts(score, Remap(), output=settings, stems=True)
+    stems = tmp_path / "stems"
+    (stems / "03-drums.wav").mkdir(parents=True)  # the last stem cannot be written
+    with pytest.raises(OutputError, match="is a folder"):
+        PartsOutput(parts, tiny_synth.vocoder, str(tmp_path / "mix.wav"), settings, stems_dir=stems)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.mid", "stems"]  # no temporaries
+    assert [p.name for p in stems.iterdir()] == ["03-drums.wav"]
+
+
+def test_an_error_while_rendering_removes_every_temporary(tmp_path, tiny_synth):
+    from spectrosynth.stems import PartsOutput, sample_parts
+
+    score = read_midi(write(tmp_path, three_tracks()))
+    settings = OutputSettings()
+    parts = plan_parts(score, Remap(), output=settings, stems=True)
+    stems = tmp_path / "stems"
+    mix = str(tmp_path / "mix.wav")
+    with pytest.raises(KeyboardInterrupt):
+        with PartsOutput(parts, tiny_synth.vocoder, mix, settings, stems_dir=stems) as out:
+            for mels in sample_parts(tiny_synth, parts, 1, 0):
+                out.add(mels)
+                raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.mid"]  # not even the stem folder it made
