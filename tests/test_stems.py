@@ -188,18 +188,22 @@ def test_muted_track_gets_no_stem(tmp_path, model_args):
 # --channels 2
 
 
+def stereo_with_stems(tmp_path, song: Song, model_args) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`render --channels 2 --stems` of `song`, sample-exact: the mix and each stem by file name."""
+    stems = tmp_path / "stems"
+    result = render(write(tmp_path, song), tmp_path / "mix.wav", "--channels", "2", "--stems", stems, *EXACT,
+                    *model_args)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return sf.read(tmp_path / "mix.wav")[0], {p.name: sf.read(p)[0] for p in sorted(stems.iterdir())}
+
+
 def test_hard_left_and_right_tracks_land_in_their_own_channels(tmp_path, model_args):
     song = Song([
         Track([Note(60, 0.0, 4.0)], program=40, controls=[Control(0.0, PAN, 0)]),
         Track([Note(43, 0.0, 4.0)], program=32, channel=1, controls=[Control(0.0, PAN, 127)]),
     ])  # fmt: skip
-    midi = write(tmp_path, song)
-    stems = tmp_path / "stems"
-    result = render(midi, tmp_path / "mix.wav", "--channels", "2", "--stems", stems, *EXACT, *model_args)
-    assert result.exit_code == 0, result.output
-    mix, _ = sf.read(tmp_path / "mix.wav")
-    left_stem, _ = sf.read(stems / "01-strings-violin.wav")
-    right_stem, _ = sf.read(stems / "02-bass-acoustic-bass.wav")
+    mix, stems = stereo_with_stems(tmp_path, song, model_args)
+    left_stem, right_stem = stems["01-strings-violin.wav"], stems["02-bass-acoustic-bass.wav"]
     assert mix.shape[1] == left_stem.shape[1] == right_stem.shape[1] == 2
     assert energy_db(left_stem[:, 0]) - energy_db(left_stem[:, 1]) >= 20
     assert energy_db(right_stem[:, 1]) - energy_db(right_stem[:, 0]) >= 20
@@ -215,12 +219,8 @@ def test_channel_volume_64_is_12_db_below_127(tmp_path, model_args):
         Track(notes, program=0, controls=[Control(0.0, VOLUME, 127)]),
         Track(notes, program=0, channel=1, controls=[Control(0.0, VOLUME, 64)]),
     ])  # fmt: skip
-    midi = write(tmp_path, song)
-    stems = tmp_path / "stems"
-    result = render(midi, tmp_path / "mix.wav", "--channels", "2", "--stems", stems, *EXACT, *model_args)
-    assert result.exit_code == 0, result.output
-    loud, _ = sf.read(stems / "01-piano-acoustic-grand-piano.wav")
-    soft, _ = sf.read(stems / "02-piano-acoustic-grand-piano.wav")
+    _, stems = stereo_with_stems(tmp_path, song, model_args)
+    loud, soft = stems["01-piano-acoustic-grand-piano.wav"], stems["02-piano-acoustic-grand-piano.wav"]
     expected = 40 * math.log10(64 / 127)  # -11.9 dB
     assert energy_db(soft) - energy_db(loud) == pytest.approx(expected, abs=0.05)
 
