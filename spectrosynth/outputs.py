@@ -39,6 +39,14 @@ class OutputSettings:
         return min(total, round((song.duration + self.tail) * SAMPLE_RATE)) if self.trim else total
 
 
+def audio_writer(path: str, settings: OutputSettings, force: bool = False, **level) -> AudioWriter:
+    """An AudioWriter for `settings` (format, bit depth, rate, gain, clip policy; normalize and loudness
+    unless `level` says otherwise: channels, normalize, loudness, deferred_level)."""
+    level = {"normalize": settings.normalize, "loudness": settings.loudness, **level}
+    return AudioWriter(path, settings.fmt, settings.bit_depth, settings.sample_rate, gain_db=settings.gain_db,
+                       clip=settings.clip, force=force, **level)  # fmt: skip
+
+
 class SongOutput:
     """Receives a song's segments in order and writes its audio file (and .npy spectrogram) progressively.
 
@@ -60,10 +68,7 @@ class SongOutput:
         self._written = self._mel_written = 0
         self._streamer = StreamingVocoder(vocoder)
         self._files = contextlib.ExitStack()
-        self.writer = AudioWriter(
-            output, settings.fmt, settings.bit_depth, settings.sample_rate, gain_db=settings.gain_db,
-            normalize=settings.normalize, clip=settings.clip, force=force, loudness=settings.loudness,
-        )  # fmt: skip
+        self.writer = audio_writer(output, settings, force)
         self._files.callback(self.writer.abort)  # a no-op once the writer is closed
         self._npy = None
         if mel_out is not None:

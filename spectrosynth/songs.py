@@ -24,11 +24,8 @@ def prepare_song(
 ) -> tuple[PreparedSong, list[str]]:
     """Instrument changes, then the preview window and the model's segments; and the notices, each one
     line, prefixed with `label` when given."""
+    score, notices = remap_score(score, remap, label)
     prefix = f"{label}: " if label else ""
-    notices = []
-    if not remap.is_identity():
-        score, remapped = apply_remap(score, remap)
-        notices += [prefix + n for n in remapped]
     song = prepare(score, start=start, length=duration)
     if song.silent:
         notices.append(f"{prefix}no notes left to play: the output is silence")
@@ -46,3 +43,12 @@ def prepare_song(
                 f"tail is {kept:.2f} s, not {output.tail:g} s"
             )
     return song, notices
+
+
+def remap_score(score: Score, remap: Remap, label: str | None = None) -> tuple[Score, list[str]]:
+    """The score as `remap` plays it, and the notices about that (prefixed with `label`)."""
+    if remap.is_identity():
+        return score, []
+    score, remapped = apply_remap(score, remap)
+    prefix = f"{label}: " if label else ""
+    return score, [prefix + n for n in remapped]

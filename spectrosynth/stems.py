@@ -36,9 +36,9 @@ import numpy as np
 from spectrosynth.audio import AudioWriter, WriteSummary, check_output
 from spectrosynth.errors import OutputError
 from spectrosynth.midi import Score
-from spectrosynth.outputs import OutputSettings, SongOutput
-from spectrosynth.remap import Remap, apply_remap
-from spectrosynth.songs import prepare_song
+from spectrosynth.outputs import OutputSettings, SongOutput, audio_writer
+from spectrosynth.remap import Remap
+from spectrosynth.songs import prepare_song, remap_score
 from spectrosynth.tokens import PreparedSong, model_notes, prepare
 from spectrosynth.vocoder import StreamingVocoder, Vocoder
 
@@ -118,7 +118,7 @@ class SongParts:
         return [p for p in self.parts if p.track is not None]
 
 
-def needs_parts(output: OutputSettings, stems: bool) -> bool:
+def _needs_tracks(output: OutputSettings, stems: bool) -> bool:
     """Whether a render takes more than the one joint part: stems, or a stereo mix made of tracks."""
     return stems or output.channels == 2
 
@@ -149,12 +149,13 @@ def plan_parts(
     """The parts of a song to render for `output.channels` and `stems`, with the notices of
     `songs.prepare_song` and one for each track left out of the stems (muted, or silent in the window)."""
     output = output or OutputSettings()
-    song, notices = prepare_song(score, remap, start, duration, output, label)
+    played, notices = remap_score(score, remap, label)  # once, for the song and every track
+    song, more = prepare_song(played, Remap(), start, duration, output, label)
+    notices += more
     parts = []
     if output.channels == 1:
         parts.append(Part(song))
-    if needs_parts(output, stems):
-        played = apply_remap(score, remap)[0] if not remap.is_identity() else score
+    if _needs_tracks(output, stems):
         whole = model_notes(played)[1]  # every part lasts as long as the song
         prefix = f"{label}: " if label else ""
         for track in played.tracks:
@@ -239,7 +240,7 @@ class PartsOutput:
             self._files.callback(self._joint.abort)
             self.mix = self._joint.writer
         else:
-            self.mix = self._writer(output, settings, force, 2, settings.loudness, settings.normalize)
+            self.mix = self._writer(output, settings, force, channels=2)
         self.keep = settings.samples(parts.song)
         self._written = 0
         self._voices = [StreamingVocoder(vocoder) for p in parts.parts if p is not parts.joint]
@@ -251,16 +252,13 @@ class PartsOutput:
                 self._files.callback(_remove_if_empty, folder)  # runs last: after the writers' aborts
             stem_force = force if stems_force is None else stems_force
             for path in stem_paths(parts, folder, settings.fmt):
-                self.stem_writers.append(
-                    self._writer(str(path), settings, stem_force, parts.channels, None, False, deferred=True)
-                )
+                self.stem_writers.append(self._writer(
+                    str(path), settings, stem_force, channels=parts.channels, normalize=False, loudness=None,
+                    deferred_level=True,
+                ))  # fmt: skip
 
-    def _writer(self, path, settings: OutputSettings, force, channels, loudness, normalize, deferred=False):
-        writer = AudioWriter(
-            path, settings.fmt, settings.bit_depth, settings.sample_rate, gain_db=settings.gain_db,
-            normalize=normalize, clip=settings.clip, force=force, channels=channels, loudness=loudness,
-            deferred_level=deferred,
-        )  # fmt: skip
+    def _writer(self, path: str, settings: OutputSettings, force: bool, **level) -> AudioWriter:
+        writer = audio_writer(path, settings, force, **level)
         self._files.callback(writer.abort)  # a no-op once it is closed
         return writer
 
@@ -288,7 +286,7 @@ class PartsOutput:
         self._tracks([v.finish() for v in self._voices])
         if self._joint is not None:
             self._joint.drain()
-        level = self.mix.level()
+        level = self.mix.level() if self.stem_writers else None  # what the mix will apply
         stems = [w.close(level=level) for w in self.stem_writers]
         mix = self._joint.finish() if self._joint is not None else self.mix.close()
         self._files.close()

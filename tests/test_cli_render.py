@@ -305,15 +305,15 @@ def test_input_and_model_errors_leave_nothing_behind(tmp_path, waltz, model_args
 def test_ctrl_c_leaves_no_partial_file(tmp_path, waltz, model_args, monkeypatch):
     from spectrosynth.pipeline import Synthesizer
 
-    real = Synthesizer.iter_mel
+    real = Synthesizer.iter_mel_batch  # what render samples with (one song: one row)
 
     def interrupted(self, *args, **kwargs):
-        for i, mel in enumerate(real(self, *args, **kwargs)):
+        for i, row in enumerate(real(self, *args, **kwargs)):
             if i == 1:
                 raise KeyboardInterrupt
-            yield mel
+            yield row
 
-    monkeypatch.setattr(Synthesizer, "iter_mel", interrupted)
+    monkeypatch.setattr(Synthesizer, "iter_mel_batch", interrupted)
     out = tmp_path / "a.wav"
     out.write_bytes(b"old take")
     result = render(waltz, out, *model_args, "--force")

@@ -100,13 +100,12 @@ class Job:
     source: Path  # the MIDI file
     target: Path  # the audio file
     mel_target: Path | None = None  # the spectrogram (.npy), with --save-mel
+    attempt: int = 1
 
     @property
     def stems_target(self) -> Path:
         """The folder of its stems, with --stems: song.wav's are in song.stems/."""
         return self.target.with_suffix(".stems")
-
-    attempt: int = 1
 
 
 @dataclass

@@ -11,7 +11,7 @@ With stems or a stereo mix (spectrosynth.stems) a song is several rows, its trac
 for a mono mix), which always go through the model together, so a song takes as many places in the batch
 as it has parts.
 
-Files are written progressively and atomically (spectrosynth.outputs.SongOutput). A problem with one file
+Files are written progressively and atomically (spectrosynth.stems.PartsOutput). A problem with one file
 (unreadable MIDI, an option it does not fit, an output that cannot be written) is that job's failed
 result; anything else (the model, the device) stops the run.
 """
@@ -29,10 +29,8 @@ from spectrosynth.batch.jobs import Job, RenderSettings, Result
 from spectrosynth.constants import DEFAULT_VOCODER
 from spectrosynth.errors import MidiError, OutputError, RemapError, SpectrosynthError
 from spectrosynth.midi import read_midi
-from spectrosynth.outputs import SongOutput
 from spectrosynth.pipeline import FilmCache, SegmentRow, Synthesizer
-from spectrosynth.songs import prepare_song
-from spectrosynth.stems import PartsOutput, needs_parts, plan_parts
+from spectrosynth.stems import PartsOutput, plan_parts
 from spectrosynth.tokens import PreparedSong
 
 #: Errors that concern one file: the batch goes on.
@@ -45,7 +43,7 @@ class _Slot:
 
     job: Job
     songs: list[PreparedSong]  # the rows, all with as many segments
-    output: SongOutput | PartsOutput
+    output: PartsOutput
     generators: list[torch.Generator]
     began: float
     notes: list[str]
@@ -104,18 +102,12 @@ def render_jobs(
                 score = read_midi(job.source, name=job.rel)
                 job.target.parent.mkdir(parents=True, exist_ok=True)
                 mel = None if job.mel_target is None else str(job.mel_target)
-                if needs_parts(settings.output, settings.stems):
-                    parts = plan_parts(score, remap, settings.start, settings.duration, settings.output,
-                                       job.rel, stems=settings.stems)  # fmt: skip
-                    songs, notes = [p.song for p in parts.parts], parts.notices
-                    # The batch owns each song's stem folder: a re-render replaces what a stopped one left.
-                    output = PartsOutput(parts, synth.vocoder, str(job.target), settings.output, force,
-                                         job.stems_target, mel, stems_force=True)  # fmt: skip
-                else:
-                    song, notes = prepare_song(score, remap, settings.start, settings.duration,
-                                               settings.output, job.rel)  # fmt: skip
-                    songs = [song]
-                    output = SongOutput(song, synth.vocoder, str(job.target), settings.output, force, mel)
+                parts = plan_parts(score, remap, settings.start, settings.duration, settings.output, job.rel,
+                                   stems=settings.stems)  # fmt: skip
+                songs, notes = [p.song for p in parts.parts], parts.notices
+                # The batch owns each song's stem folder: a re-render replaces what a stopped one left.
+                output = PartsOutput(parts, synth.vocoder, str(job.target), settings.output, force,
+                                     job.stems_target, mel, stems_force=True)  # fmt: skip
             except (SpectrosynthError, OSError) as e:  # anything about reading or preparing this file
                 yield _failed(job, e, began, worker)
                 continue
@@ -158,10 +150,7 @@ def _add(slot: _Slot, mels: list[np.ndarray], worker: str, on_segment) -> Result
     """Give a song its next segment (one per row); its Result once it is finished (or has failed)."""
     slot.contexts, slot.done = list(mels), slot.done + 1
     try:
-        if isinstance(slot.output, SongOutput):
-            slot.output.add(mels[0])
-        else:
-            slot.output.add(mels)
+        slot.output.add(mels)
         if on_segment is not None:
             on_segment(slot.job, slot.done, slot.segments)
         if slot.done < slot.segments:
@@ -171,9 +160,9 @@ def _add(slot: _Slot, mels: list[np.ndarray], worker: str, on_segment) -> Result
         slot.output.abort()
         return _failed(slot.job, e, slot.began, worker)
     seconds = time.monotonic() - slot.began
-    mix = summary if isinstance(slot.output, SongOutput) else summary.mix
-    return Result(slot.job, "ok", audio_seconds=mix.duration, render_seconds=seconds,
-                  segments=slot.segments, worker=worker, notes=slot.notes, loudness=mix.loudness)  # fmt: skip
+    return Result(slot.job, "ok", audio_seconds=summary.mix.duration, render_seconds=seconds,
+                  segments=slot.segments, worker=worker, notes=slot.notes,
+                  loudness=summary.mix.loudness)  # fmt: skip
 
 
 def _failed(job: Job, e: BaseException, began: float, worker: str) -> Result:

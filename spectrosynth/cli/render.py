@@ -72,33 +72,13 @@ def _report_written(summary, label: str, wall: float, quiet: bool, stems=None) -
                 note(f"{Path(stem.path).name}: {stem.notice}", quiet)
 
 
-def _render_song(
-    song, output: str, settings, loader: ModelLoader, *, sampling: Sampling, seed: int, force: bool,
-    quiet: bool, label: str, mel_out: Path | None = None,
-) -> None:  # fmt: skip
-    """Render one prepared song to `output` ('-' for stdout), writing progressively and atomically."""
-    from spectrosynth.outputs import SongOutput
-    from spectrosynth.progress import RenderProgress
-
-    synth = loader.get()
-    began = time.monotonic()
-    mel_path = None if mel_out is None else str(mel_out)
-    with SongOutput(song, synth.vocoder, output, settings, force, mel_path) as out:
-        with RenderProgress(label, len(song.segments), sampling.steps, quiet=quiet) as progress:
-            tokens = [s.tokens for s in song.segments]
-            for mel in synth.iter_mel(tokens, sampling.steps, seed, None, progress, **sampling.options()):
-                out.add(mel)
-        summary = out.finish()
-    wall = time.monotonic() - began
-    _report_written(summary, label, wall, quiet)
-
-
 def _render_parts(
     parts, output: str, settings, loader: ModelLoader, *, sampling: Sampling, seed: int, force: bool,
     quiet: bool, label: str, stems_dir: Path | None, mel_out: Path | None = None,
 ) -> None:  # fmt: skip
-    """Render a song's parts (tracks, and the whole song for a mono mix) as rows of one batch: the mix to
-    `output` and, with `stems_dir`, each track's stem."""
+    """Render a song's parts as rows of one batch (the whole song alone, for a plain mono render; its tracks,
+    and the whole song for a mono mix, with stems or stereo): the mix to `output` ('-' for stdout) and, with
+    `stems_dir`, each track's stem, writing progressively and atomically."""
     from spectrosynth.progress import RenderProgress
     from spectrosynth.stems import PartsOutput, sample_parts
 
@@ -201,26 +181,15 @@ def render_command(
         check_output(str(mel_out), force)
     remap = remap_from_options(program, track, mute, no_drums)
     loader = ModelLoader(model, revision, device, dtype, quiet, vocoder=vocoder.value)
-    from spectrosynth.songs import prepare_song
-    from spectrosynth.stems import check_stem_outputs, needs_parts, plan_parts
+    from spectrosynth.stems import check_stem_outputs, plan_parts
 
     label = "<stdin>" if midi == "-" else Path(midi).name
-    score = read_score(midi)
-    if needs_parts(settings, stems is not None):
-        parts = plan_parts(score, remap, start, duration, settings, label, stems=stems is not None)
-        if stems is not None:
-            check_stem_outputs(parts, stems, settings.fmt, force)
-        for notice in parts.notices:
-            note(notice, quiet)
-        _render_parts(
-            parts, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
-            label=label, stems_dir=stems, mel_out=mel_out,
-        )  # fmt: skip
-        return
-    song, notices = prepare_song(score, remap, start, duration, settings, label)
-    for notice in notices:
+    parts = plan_parts(read_score(midi), remap, start, duration, settings, label, stems=stems is not None)
+    if stems is not None:
+        check_stem_outputs(parts, stems, settings.fmt, force)
+    for notice in parts.notices:
         note(notice, quiet)
-    _render_song(
-        song, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
-        label=label, mel_out=mel_out,
+    _render_parts(
+        parts, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
+        label=label, stems_dir=stems, mel_out=mel_out,
     )  # fmt: skip
