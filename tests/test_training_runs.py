@@ -253,6 +253,11 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_parameters(dataset, tmp
     spectrosynth("train", str(dataset), str(broken), "--resume")
     assert latest(broken).step == 8
     assert_same(trained(whole), trained(broken))
+    # the weight average too (kept by default; final/ holds it), and its count of updates
+    assert_same(*(load_file(latest(run).path / "ema.safetensors") for run in (whole, broken)))
+    assert [
+        json.loads((latest(run).path / "state.json").read_text())["ema_updates"] for run in (whole, broken)
+    ] == [8, 8]
     for component in ("notes_encoder", "continuous_encoder", "decoder"):
         assert_same(
             weights.read_state_dict(whole / "final", component),

@@ -53,15 +53,18 @@ def train_command(
                "fine-tune.") = None,
     warmup: _given(int, "--warmup", metavar="STEPS", min=0, help="Linear warm-up steps. Default: 0 (100 for "
                    "LoRA).") = None,
-    lr_schedule: _given(str, "--lr-schedule", metavar="constant|cosine|linear", help="After the warm-up: "
-                        "constant (the original's, the default), or a cosine or linear decay to 0 at "
-                        "--max-steps.") = None,
+    lr_schedule: _given(str, "--lr-schedule", metavar="constant|cosine|linear|wsd", help="After the "
+                        "warm-up: constant (the original's, the default), a cosine or linear decay to 0 at "
+                        "--max-steps, or wsd: constant, then a cool-down to 0 over the run's last "
+                        "--cooldown. A constant run can switch to wsd with --resume.") = None,
+    cooldown: _given(float, "--cooldown", metavar="SHARE|STEPS", help="wsd: the cool-down's length, a share "
+                     "of --max-steps (below 1) or a number of steps. Default: 0.2.") = None,
     optimizer: _given(str, "--optimizer", metavar="adafactor|adamw", help="Default: adafactor (as the "
                       "original), adamw for LoRA.") = None,
     grad_clip: _given(float, "--grad-clip", metavar="NORM", min=0.0, help="Clip the gradient norm (0: "
                       "never). Default: 0 (as the original), 1 for LoRA.") = None,
     precision: _given(str, "--precision", metavar="auto|float32|bfloat16", help="auto: bfloat16 autocast "
-                      "where the device is fast at it (CUDA; a CPU, by a 0.1 s probe).") = None,
+                      "where the device is fast at it (CUDA; a CPU, measured once per machine).") = None,
     dropout: _given(float, "--dropout", metavar="P", min=0.0, max=0.99, help="Network dropout. Default: "
                     "0.1.") = None,
     cfg_dropout: _given(float, "--cfg-dropout", metavar="P", min=0.0, max=0.99, help="Share of examples "
@@ -73,12 +76,24 @@ def train_command(
     lora_alpha: _given(float, "--lora-alpha", metavar="A", help="Default: the rank.") = None,
     lora_targets: _given(str, "--lora-targets", metavar="attention|attention+film|all",
                          help="Default: attention.") = None,
+    ema_decay: _given(float, "--ema-decay", metavar="D", help="Keep an exponential moving average of the "
+                      "weights, its decay warming up to at most D; 0: none. It is validated and saved as "
+                      "final/. Default: 0.9999.") = None,
+    ema_power: _given(float, "--ema-power", metavar="P", help="The EMA warm-up: decay 1 - (1 + step)^-P. "
+                      "Default: 0.75.") = None,
+    final_weights: _given(str, "--final-weights", metavar="ema|raw", help="What final/ holds: the weight "
+                          "average (default, where there is one) or the last weights.") = None,
     seed: _given(int, "--seed", metavar="N", min=0, help="Default: 0.") = None,
     val_every: _given(int, "--val-every", metavar="N", min=0, help="Validation loss every N steps (0: "
                       "never). Default: 500.") = None,
     val_examples: _given(int, "--val-examples", metavar="N", min=1, help="Default: 64.") = None,
     checkpoint_every: _given(int, "--checkpoint-every", metavar="N", min=1, help="Default: 1000.") = None,
     keep_checkpoints: _given(int, "--keep-checkpoints", metavar="K", min=1, help="Default: 3.") = None,
+    keep_doublings: Annotated[
+        bool | None,
+        typer.Option("--keep-doublings", help="Also keep the checkpoints at every doubling of the step "
+                     "count (--checkpoint-every x 1, 2, 4, 8, ...), to look back along the run."),
+    ] = None,
     log_every: _given(int, "--log-every", metavar="N", min=1, help="Default: 10.") = None,
     device: DeviceOpt = "auto",
     workers: _given(int, "--workers", metavar="N", min=0, help="Data-loading processes per training "
@@ -110,11 +125,13 @@ def train_command(
 
     given = _train_options(
         config=config, init=init, revision=revision, mode=mode, max_steps=max_steps, batch_size=batch_size,
-        grad_accum=grad_accum, lr=lr, warmup=warmup, lr_schedule=lr_schedule, optimizer=optimizer,
+        grad_accum=grad_accum, lr=lr, warmup=warmup, lr_schedule=lr_schedule, cooldown=cooldown,
+        optimizer=optimizer, ema_decay=ema_decay, ema_power=ema_power, final_weights=final_weights,
         grad_clip=grad_clip, precision=precision, dropout=dropout, cfg_dropout=cfg_dropout,
         start_rate=start_rate, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
         seed=seed, val_every=val_every, val_examples=val_examples, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, log_every=log_every, workers=workers, vocoder=vocoder,
+        keep_checkpoints=keep_checkpoints, keep_doublings=keep_doublings, log_every=log_every,
+        workers=workers, vocoder=vocoder,
     )  # fmt: skip
     if resume:
         options = resumed_options(out_dir, data_dir=str(data_dir), device=device, **given)

@@ -2,8 +2,10 @@
 
     OUT_DIR/checkpoints/step-00001000/
       weights.safetensors   the trained tensors (every trainable parameter, and the position tables)
+      ema.safetensors       the exponential moving average of the trainable parameters (training/ema.py)
       optimizer.pt          optimizer and learning-rate schedule state (torch.save; read weights_only)
-      state.json            the step, the loss, the wall time so far
+      state.json            the step, the loss, the wall time so far, the next step's learning rate, the
+                            number of EMA updates
 
 A checkpoint is written into a hidden temporary folder and renamed when complete, so a crash, SIGKILL or a
 full disk never leaves a half-written `step-*` folder; older checkpoints beyond `keep` are deleted only
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ import torch
 from spectrosynth.errors import SpectrosynthError
 
 CHECKPOINTS = "checkpoints"
-_WEIGHTS, _OPTIMIZER, _STATE = "weights.safetensors", "optimizer.pt", "state.json"
+_WEIGHTS, _EMA, _OPTIMIZER, _STATE = "weights.safetensors", "ema.safetensors", "optimizer.pt", "state.json"
 
 
 class CheckpointError(SpectrosynthError):
@@ -84,8 +86,11 @@ def save(
     optimizer_state: dict[str, Any],
     state: dict[str, Any],
     keep: int,
+    average: tuple[dict[str, torch.Tensor], int] | None = None,
+    keep_also: Callable[[int], bool] | None = None,
 ) -> Path:
-    """Write step `step`'s checkpoint atomically; then delete all but the newest `keep`."""
+    """Write step `step`'s checkpoint atomically, with the weight average (its tensors and its number of
+    updates) when there is one; then delete all but the newest `keep`, and those `keep_also` names."""
     from safetensors.torch import save_file
 
     folder = out_dir / CHECKPOINTS
@@ -94,6 +99,9 @@ def save(
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_folder(final) as part:
             save_file(saved_tensors(module), part / _WEIGHTS)
+            if average is not None:
+                save_file(average[0], part / _EMA)
+                state = {**state, "ema_updates": average[1]}
             torch.save(optimizer_state, part / _OPTIMIZER)
             (part / _STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
     except OSError as e:
@@ -104,7 +112,8 @@ def save(
             "disk space and run again with --resume"
         ) from e
     for old in complete(out_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old.path, ignore_errors=True)
+        if keep_also is None or not keep_also(old.step):
+            shutil.rmtree(old.path, ignore_errors=True)
     return final
 
 
@@ -130,6 +139,25 @@ def latest(out_dir: Path) -> Checkpoint | None:
 def remove_temporaries(out_dir: Path) -> None:
     for part in (out_dir / CHECKPOINTS).glob(".step-*.tmp"):
         shutil.rmtree(part, ignore_errors=True)
+
+
+def load_ema(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], int] | None:
+    """A checkpoint's weight average and its number of updates, or None when it has none (a run without
+    EMA, or one written before spectrosynth kept it)."""
+    from safetensors.torch import load_file
+
+    path = checkpoint.path / _EMA
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(path)
+        updates = int(json.loads((checkpoint.path / _STATE).read_text(encoding="utf-8"))["ema_updates"])
+    except Exception as e:  # noqa: BLE001 - safetensors and json raise many types
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} has a damaged weight average ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:120]}); delete the checkpoint to resume from the one before"
+        ) from e
+    return tensors, updates
 
 
 def load(checkpoint: Checkpoint, module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -3,7 +3,8 @@
 
 metrics.csv has one row per logged step: step, examples (seen so far), wall_seconds (of training, summed
 over restarts), loss (mean over the steps since the last row), lr, grad_norm, examples_per_second, and
-val_loss on the rows where the validation loss was measured. A resumed run first drops the rows after its
+val_loss on the rows where the validation loss was measured (of the weight average, EMA, where the run keeps
+one; val_loss_raw is then the raw weights'). A resumed run first drops the rows after its
 checkpoint, so the file reads as one uninterrupted run.
 """
 
@@ -16,11 +17,22 @@ import sys
 import types
 from pathlib import Path
 
-COLUMNS = ("step", "examples", "wall_seconds", "loss", "lr", "grad_norm", "examples_per_second", "val_loss")
+COLUMNS = (
+    "step",
+    "examples",
+    "wall_seconds",
+    "loss",
+    "lr",
+    "grad_norm",
+    "examples_per_second",
+    "val_loss",
+    "val_loss_raw",
+)
 METRICS, TENSORBOARD, PLOT = "metrics.csv", "tensorboard", "loss.png"
 _TAGS = {
     "loss": "train/loss",
     "val_loss": "validation/loss",
+    "val_loss_raw": "validation/loss_raw_weights",
     "lr": "train/lr",
     "grad_norm": "train/grad_norm",
     "examples_per_second": "train/examples_per_second",
@@ -99,13 +111,19 @@ def plot_losses(metrics_csv: Path, png: Path, title: str = "") -> Path:
     rows = read_metrics(metrics_csv)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    raw = [(r["step"], r["val_loss_raw"]) for r in rows if "val_loss_raw" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if train:
         ax.plot(*zip(*train, strict=True), lw=0.8, alpha=0.5, label="training loss")
         smooth = _smooth([v for _, v in train])
         ax.plot([s for s, _ in train], smooth, lw=1.6, color="C0", label="training loss (smoothed)")
     if val:
-        ax.plot(*zip(*val, strict=True), "o-", color="C3", ms=3, label="validation loss")
+        label = "validation loss (EMA weights)" if raw else "validation loss"
+        ax.plot(*zip(*val, strict=True), "o-", color="C3", ms=3, label=label)
+    if raw:
+        ax.plot(
+            *zip(*raw, strict=True), "s--", color="C1", ms=2, lw=0.8, label="validation loss (raw weights)"
+        )
     ax.axhline(math.sqrt(2 / math.pi), color="grey", ls=":", lw=1, label="predicting zero (0.798)")
     ax.set_xlabel("step")
     ax.set_ylabel("mean |predicted noise - noise|")

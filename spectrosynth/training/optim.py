@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,23 +54,67 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float) -
     raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+DEFAULT_COOLDOWN = 0.2
+
+
+def cooldown_steps(cooldown: float, total: int) -> int:
+    """The length of a `wsd` schedule's decay: `cooldown` steps when it is at least 1, else that share of
+    `total` (rounded)."""
+    return int(cooldown) if cooldown >= 1 else round(cooldown * total)
+
+
+def lr_factor(
+    k: int, warmup: int, kind: str = "constant", total: int = 0, cooldown: float = DEFAULT_COOLDOWN
+):
+    """The learning rate of step k (0-based) as a share of the peak: a linear warm-up over `warmup` steps
+    (step k uses (k + 1) / warmup), then
+
+    - constant: 1 (the original's);
+    - cosine, linear: a decay from 1 at the warm-up's end to 0 at step `total`;
+    - wsd (warm-up, stable, decay; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond
+      Fixed Training Durations"): 1 until the last `cooldown` of the run (a share of `total` below 1, else
+      steps), then 1 - sqrt(progress) to 0 at step `total`, the "1-sqrt" cool-down that paper found best.
+      Until the decay starts it is the constant schedule, so a run started constant can switch to it on
+      resume, and the decay can be placed once the length of the run is known.
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; use one of {', '.join(SCHEDULES)}")
+    if warmup > 0 and k < warmup:
+        return (k + 1) / warmup
+    if kind == "constant" or total <= warmup:
+        return 1.0
+    if kind == "wsd":
+        start = max(warmup, total - cooldown_steps(cooldown, total))
+        if k < start:
+            return 1.0
+        return 1.0 - math.sqrt(min(1.0, (k - start) / (total - start)))
+    progress = min(1.0, (k - warmup) / (total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
 def lr_schedule(
-    optimizer: torch.optim.Optimizer, warmup: int, kind: str = "constant", total: int = 0
+    optimizer: torch.optim.Optimizer,
+    warmup: int,
+    kind: str = "constant",
+    total: int = 0,
+    cooldown: float = DEFAULT_COOLDOWN,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup` steps (step k uses lr * (k + 1) / warmup), then: constant (the
-    original's), or a cosine or linear decay to 0 at step `total`."""
+    """The optimizer's learning rate follows `lr_factor` (the peak is the optimizer's lr)."""
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; use one of {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, warmup=warmup, kind=kind, total=total, cooldown=cooldown)
+    )
 
-    def factor(k: int) -> float:
-        if warmup > 0 and k < warmup:
-            return (k + 1) / warmup
-        if kind == "constant" or total <= warmup:
-            return 1.0
-        progress = min(1.0, (k - warmup) / (total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def restore_schedule(schedule: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Load a schedule's state (its step) and set the optimizer's learning rate from this schedule's own
+    factor at that step: the same value when the schedule is the run's own, and the new schedule's when a
+    resumed run switched (constant to wsd, or another cool-down)."""
+    schedule.load_state_dict(state)
+    k = schedule.last_epoch
+    values = [base * fn(k) for base, fn in zip(schedule.base_lrs, schedule.lr_lambdas, strict=True)]
+    for group, value in zip(schedule.optimizer.param_groups, values, strict=True):
+        group["lr"] = value
+    schedule._last_lr = values

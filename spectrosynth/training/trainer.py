@@ -36,6 +36,7 @@ from spectrosynth import weights
 from spectrosynth.errors import SpectrosynthError
 from spectrosynth.precision import cpu_bfloat16_is_faster, cuda_bfloat16_is_native
 from spectrosynth.training import checkpoint as ckpt
+from spectrosynth.training.ema import DEFAULT_MAX_DECAY, DEFAULT_POWER, WeightAverage
 from spectrosynth.training.examples import TrainingExamples, collate, validation_examples
 from spectrosynth.training.logs import PLOT, MetricsLog, plot_losses
 from spectrosynth.training.model import (
@@ -49,9 +50,18 @@ from spectrosynth.training.model import (
     size_configs,
 )
 from spectrosynth.training.objective import DiffusionObjective
-from spectrosynth.training.optim import OPTIMIZERS, RECIPES, SCHEDULES, lr_schedule, make_optimizer
+from spectrosynth.training.optim import (
+    DEFAULT_COOLDOWN,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    lr_schedule,
+    make_optimizer,
+    restore_schedule,
+)
 
 MODES = ("full", "decoder", "lora")
+FINAL_WEIGHTS = ("ema", "raw")
 PRECISIONS = ("auto", "float32", "bfloat16")
 RUN_FILE = "run.json"
 FINAL = "final"
@@ -72,7 +82,8 @@ class TrainOptions:
     grad_accum: int = 1  # micro-batches per step and process
     lr: float | None = None
     warmup: int | None = None
-    lr_schedule: str = "constant"  # after the warm-up: constant (the original's), cosine or linear to 0
+    lr_schedule: str = "constant"  # after the warm-up: constant (the original's), cosine, linear or wsd to 0
+    cooldown: float = DEFAULT_COOLDOWN  # wsd: the decay's share of max_steps (below 1) or its steps
     optimizer: str | None = None  # adafactor | adamw
     grad_clip: float | None = None  # max gradient norm, 0 = none
     precision: str = "auto"  # auto | float32 | bfloat16 (autocast)
@@ -82,27 +93,36 @@ class TrainOptions:
     lora_rank: int = 16
     lora_alpha: float | None = None  # default: the rank
     lora_targets: str = "attention"
+    ema_decay: float = DEFAULT_MAX_DECAY  # the EMA's ceiling (training/ema.py); 0: no EMA
+    ema_power: float = DEFAULT_POWER  # the warm-up of its decay
+    final_weights: str = "ema"  # what final/ holds: ema (the average, where there is one) or raw
     seed: int = 0
     val_every: int = 500
     val_examples: int = 64
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    keep_doublings: bool = False  # also keep the checkpoints at checkpoint_every x 1, 2, 4, 8, ...
     log_every: int = 10
     device: str = "auto"
     workers: int = 0  # data-loading processes per training process
     vocoder: str | None = None  # whose melgan/model.onnx the result ships with
     cache_gb: float = 4.0  # songs kept in memory per process
 
-    #: Options a resumed run may change: they do not change what is computed.
+    #: Options a resumed run may change: they do not change what is computed (but for the schedule's end).
     RUN_CONTROL = (
         "max_steps",
         "val_every",
         "checkpoint_every",
         "keep_checkpoints",
+        "keep_doublings",
         "log_every",
         "workers",
         "cache_gb",
+        "final_weights",
     )
+    #: Options a resumed run may also change, to change what follows: the learning-rate schedule (a run
+    #: started constant switches to a wsd cool-down; the note says when the rate jumps).
+    RESCHEDULE = ("lr_schedule", "cooldown")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,10 +190,10 @@ def _device(options: TrainOptions, dist: Distributed) -> torch.device:
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bfloat16 autocast where the device is fast at it, else none (float32).
 
-    CUDA: where bfloat16 is supported. A CPU: where a quick probe finds bfloat16 matrix products clearly
-    faster than float32. CPU flags do not tell: with AMX they are several times faster; with AVX512-BF16
-    alone they were 1.5x slower on an Intel Xeon (docs/performance.md) and 1.75x faster per training step on
-    an AMD EPYC (Zen 5)."""
+    CUDA: where bfloat16 is supported. A CPU: where bfloat16 matrix products were measured clearly faster
+    than float32 (once per machine, or SPECTROSYNTH_CPU_DTYPE: spectrosynth.precision). CPU flags do not
+    tell: with AMX they are several times faster; with AVX512-BF16 alone they were 1.5x slower on an Intel
+    Xeon (docs/performance.md) and 1.75x faster per training step on an AMD EPYC (Zen 5)."""
     if precision not in PRECISIONS:
         raise SpectrosynthError(f"unknown --precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "float32":
@@ -221,6 +241,21 @@ def check_options(o: TrainOptions) -> None:
         raise SpectrosynthError(f"--lr must be a positive number, not {o.lr}")
     if o.precision not in PRECISIONS:
         raise SpectrosynthError(f"unknown --precision {o.precision!r}; use {', '.join(PRECISIONS)}")
+    if o.final_weights not in FINAL_WEIGHTS:
+        raise SpectrosynthError(
+            f"unknown --final-weights {o.final_weights!r}; use {', '.join(FINAL_WEIGHTS)}"
+        )
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise SpectrosynthError(f"--ema-decay must be from 0 (no EMA) to below 1, not {o.ema_decay}")
+    if not (math.isfinite(o.ema_power) and o.ema_power > 0):
+        raise SpectrosynthError(f"--ema-power must be a positive number, not {o.ema_power}")
+    if not (
+        math.isfinite(o.cooldown) and o.cooldown > 0 and (o.cooldown < 1 or o.cooldown == int(o.cooldown))
+    ):
+        raise SpectrosynthError(
+            f"--cooldown must be a share of the run below 1 (e.g. 0.2) or a whole number of steps, "
+            f"not {o.cooldown}"
+        )
 
 
 def _micro_batch(o: TrainOptions, world: int) -> int:
@@ -285,7 +320,7 @@ def resumed_options(out_dir: str | os.PathLike[str], **changes: Any) -> TrainOpt
         stored = TrainOptions.from_dict(json.loads(run_file.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as e:
         raise SpectrosynthError(f"{run_file} is damaged ({e}); restore it to resume") from None
-    allowed = {*TrainOptions.RUN_CONTROL, "data_dir", "device"}
+    allowed = {*TrainOptions.RUN_CONTROL, *TrainOptions.RESCHEDULE, "data_dir", "device"}
     refused = sorted(k for k, v in changes.items() if k not in allowed and v != getattr(stored, k))
     if refused:
         was = ", ".join(f"--{k.replace('_', '-')} {getattr(stored, k)}" for k in refused)
@@ -384,7 +419,9 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
     warmup = o.warmup if o.warmup is not None else recipe.warmup
     grad_clip = o.grad_clip if o.grad_clip is not None else recipe.grad_clip
     optimizer = make_optimizer(o.optimizer or recipe.optimizer, trainable, lr)
-    schedule = lr_schedule(optimizer, warmup, o.lr_schedule, max_steps)
+    schedule = lr_schedule(optimizer, warmup, o.lr_schedule, max_steps, o.cooldown)
+    # The EMA is kept by the process that validates and saves.
+    ema = WeightAverage(model, o.ema_decay, o.ema_power) if o.ema_decay > 0 and dist.main else None
     autocast = _autocast_dtype(o.precision, device)
     if dist.active:  # every process computes in rank 0's precision (each CPU's probe could differ)
         agreed = torch.tensor([1.0 if autocast is not None else 0.0], device=device)
@@ -396,8 +433,40 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
     if resume_from is not None:
         optimizer_state, state = ckpt.load(resume_from, model)
         optimizer.load_state_dict(optimizer_state["optimizer"])
-        schedule.load_state_dict(optimizer_state["schedule"])
+        restore_schedule(schedule, optimizer_state["schedule"])
         step, wall_before = state["step"], state.get("wall_seconds", 0.0)
+        now_lr = schedule.get_last_lr()[0]
+        if state.get("lr") is not None and not math.isclose(state["lr"], now_lr, rel_tol=1e-9):
+            tell(
+                TrainProgress(
+                    "note",
+                    step,
+                    max_steps,
+                    message=f"the learning rate goes from {state['lr']:.3g} to {now_lr:.3g} at step {step} "
+                    f"(--lr-schedule {o.lr_schedule}, --max-steps {max_steps}"
+                    + (f", --cooldown {o.cooldown:g}" if o.lr_schedule == "wsd" else "")
+                    + ")",
+                )
+            )
+        if ema is not None:
+            averaged = ckpt.load_ema(resume_from)
+            if averaged is None:
+                tell(
+                    TrainProgress(
+                        "note",
+                        step,
+                        max_steps,
+                        message=f"the checkpoint of step {step} has no weight average (EMA): it starts "
+                        "here from the weights",
+                    )
+                )
+            else:
+                try:
+                    ema.load_state_dict(*averaged)
+                except ValueError as e:
+                    raise ckpt.CheckpointError(
+                        f"checkpoint {resume_from.path} has a weight average that does not fit this run ({e})"
+                    ) from None
         if state.get("dataset") != fingerprint:
             tell(
                 TrainProgress(
@@ -454,8 +523,18 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
                 "loss": loss,
                 "dataset": fingerprint,
             }
+            state["lr"] = schedule.get_last_lr()[0]  # the rate of the next step
             opt = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
-            path = ckpt.save(out, at, model, opt, state, o.keep_checkpoints)
+            path = ckpt.save(
+                out,
+                at,
+                model,
+                opt,
+                state,
+                o.keep_checkpoints,
+                average=None if ema is None else (ema.state_dict(), ema.updates),
+                keep_also=_doublings(o.checkpoint_every) if o.keep_doublings else None,
+            )
             tell(TrainProgress("checkpoint", at, max_steps, message=str(path)))
         if dist.active:
             torch.distributed.barrier()
@@ -463,8 +542,12 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
     def run_validation(at: int) -> float | None:
         value = None
         if dist.main and validation:
-            value = _validate(model, validation, micro, device, autocast)
-            log.write(at, examples=at * o.batch_size, val_loss=value)
+            raw = _validate(model, validation, micro, device, autocast)
+            value = raw
+            if ema is not None:  # the loss is the average's; the raw weights' is logged beside it
+                with ema.applied():
+                    value = _validate(model, validation, micro, device, autocast)
+            log.write(at, examples=at * o.batch_size, val_loss=value, val_loss_raw=raw if ema else None)
             tell(TrainProgress("validation", at, max_steps, val_loss=value))
         return value
 
@@ -497,6 +580,8 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
                 grad_norm = _clip(trainable, grad_clip)
                 optimizer.step()
                 schedule.step()
+                if ema is not None:
+                    ema.update()
                 step += 1
                 if dist.active:
                     torch.distributed.all_reduce(step_loss)
@@ -544,7 +629,8 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
                 window_start += time.monotonic() - paused
                 if stopping:
                     break
-        final = _finish(o, out, model, configs, init_folder, dist)
+        with ema.applied() if ema is not None and o.final_weights == "ema" else contextlib.nullcontext():
+            final = _finish(o, out, model, configs, init_folder, dist)
         tell(TrainProgress("done", step, max_steps, loss=last_loss, message=str(final)))
         return TrainResult(final, step, step < max_steps)
     finally:
@@ -606,6 +692,16 @@ def _agree(flag: bool, dist: Distributed, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(t)
     return bool(t.item() > 0)
+
+
+def _doublings(every: int) -> Callable[[int], bool]:
+    """Whether a step is `every` times a power of two (the checkpoints --keep-doublings keeps)."""
+
+    def keep(step: int) -> bool:
+        quotient, rest = divmod(step, every)
+        return rest == 0 and quotient > 0 and quotient & (quotient - 1) == 0
+
+    return keep
 
 
 def _dropout_seed(seed: int, step: int, rank: int, micro: int) -> int:
