@@ -44,13 +44,21 @@ _SCALE = ".int8_scale"
 _ZERO = ".int8_zero_point"
 
 
-def cache_root() -> Path | None:
-    """Where converted copies are kept, or None when the cache is turned off."""
+def cache_home() -> Path | None:
+    """spectrosynth's cache folder ($SPECTROSYNTH_CACHE, default ~/.cache/spectrosynth or
+    $XDG_CACHE_HOME/spectrosynth), or None when the cache is turned off. It holds converted/ and the CPU's
+    `--dtype auto` decision (spectrosynth.precision)."""
     explicit = os.environ.get("SPECTROSYNTH_CACHE")
     if explicit is not None:
-        return None if explicit.strip().lower() in ("", "0", "off", "none") else Path(explicit) / "converted"
+        return None if explicit.strip().lower() in ("", "0", "off", "none") else Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "spectrosynth" / "converted"
+    return Path(base) / "spectrosynth"
+
+
+def cache_root() -> Path | None:
+    """Where converted copies are kept, or None when the cache is turned off."""
+    home = cache_home()
+    return None if home is None else home / "converted"
 
 
 def _source(folder: Path, component: str) -> dict[str, object]:

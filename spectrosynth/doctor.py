@@ -25,6 +25,7 @@ ENVIRONMENT = (
     "HF_HUB_CACHE",
     "HF_HUB_OFFLINE",
     "SPECTROSYNTH_CACHE",
+    "SPECTROSYNTH_CPU_DTYPE",
     "SPECTROSYNTH_DEBUG",
     "XDG_CACHE_HOME",
     "OMP_NUM_THREADS",
@@ -218,7 +219,7 @@ def cpu_model_name() -> str | None:
 
 
 def probe_cpu() -> dict[str, Any]:
-    from spectrosynth.precision import cpu_bfloat16_is_faster, cpu_flags, cpu_matrix_features
+    from spectrosynth.precision import cpu_flags, cpu_matrix_features
 
     flags = cpu_flags()
     return {
@@ -226,7 +227,37 @@ def probe_cpu() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "features": {name: flag in flags for name, flag in CPU_FEATURES.items()} if flags else None,
         "matrix_flags": cpu_matrix_features(),
-        "bfloat16_faster": guarded(lambda: bool(cpu_bfloat16_is_faster())),
+    }
+
+
+def probe_cpu_dtype() -> dict[str, Any]:
+    """How `--dtype auto` decides on this CPU (spectrosynth.precision): what it picks for renders and for
+    training, the measured bfloat16 speedup, when it was measured, the file that keeps it, and the override.
+    Measures (under a second) only where no decision is kept yet; with an override in force, never."""
+    from spectrosynth import precision
+
+    override = guarded(precision.cpu_dtype_override)
+    if isinstance(override, str):
+        decision = precision.stored_cpu_dtype_decision()
+        source = "override" + ("" if decision else "; not measured")
+    else:
+        decision = precision.cpu_dtype_decision()
+        source = "measured now" if decision.measured_now else "kept from an earlier measurement"
+        if decision.measured_now and not decision.stored:
+            source += "; not kept (" + ("the cache is off" if decision.file is None else "cannot write") + ")"
+    file = decision.file if decision else precision.decision_file()
+    return {
+        "picks": guarded(precision.auto_cpu_precision),
+        "train_picks": guarded(lambda: "bfloat16" if precision.cpu_bfloat16_is_faster() else "float32"),
+        "override": f"{precision.CPU_DTYPE_VARIABLE}={override}" if isinstance(override, str) else override,
+        "bfloat16_speedup": round(decision.speedup, 2) if decision else None,
+        "threshold": precision.BFLOAT16_SPEEDUP_THRESHOLD,
+        "measured_at": decision.measured_at if decision else None,
+        "source": source,
+        "file": str(file) if file else None,
+        "stored": bool(decision and decision.stored),
+        "hint": f"{precision.CPU_DTYPE_VARIABLE}=float32|bfloat16 forces a choice; "
+        "`spectrosynth doctor --remeasure` measures again",
     }
 
 
@@ -368,6 +399,7 @@ PROBES: dict[str, Callable[[], Any]] = {
     "cuda": probe_cuda,
     "cpu": probe_cpu,
     "auto_dtype": probe_auto_dtype,
+    "cpu_dtype": probe_cpu_dtype,
     "onnxruntime": probe_onnxruntime,
     "packages": probe_packages,
     "fluidsynth": probe_fluidsynth,
@@ -377,15 +409,20 @@ PROBES: dict[str, Callable[[], Any]] = {
 }
 
 
-def collect() -> dict[str, Any]:
+def collect(remeasure: bool = False) -> dict[str, Any]:
     """Every probe's section, in PROBES order, plus the schema and how long it took. What a probe prints
-    goes to stderr."""
+    goes to stderr. remeasure: measure the CPU's bfloat16 speed again first and keep the new decision for
+    `--dtype auto` (spectrosynth.precision)."""
     import contextlib
 
     began = time.perf_counter()
     report: dict[str, Any] = {"schema": SCHEMA}
     # A module that prints while imported (pyfluidsynth does under CI=true) must not mix into --json.
     with contextlib.redirect_stdout(sys.stderr):
+        if remeasure:
+            from spectrosynth.precision import cpu_dtype_decision
+
+            guarded(lambda: cpu_dtype_decision(remeasure=True))  # the section below reports it, or its error
         for name, probe in PROBES.items():
             report[name] = guarded(probe)
     report["seconds"] = round(time.perf_counter() - began, 2)
@@ -404,6 +441,7 @@ TITLES = {
     "cuda": "CUDA devices",
     "cpu": "CPU",
     "auto_dtype": "--dtype auto picks",
+    "cpu_dtype": "--dtype auto on this CPU: how it was decided",
     "onnxruntime": "onnxruntime (vocoder)",
     "packages": "packages",
     "fluidsynth": "FluidSynth (dataset --soundfont)",

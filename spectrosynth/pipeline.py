@@ -41,7 +41,7 @@ from spectrosynth.constants import (
     VOCODERS,
 )
 from spectrosynth.errors import SpectrosynthError
-from spectrosynth.precision import cpu_bfloat16_is_faster, cuda_bfloat16_is_native, quantize_int8
+from spectrosynth.precision import auto_cpu_precision, cuda_bfloat16_is_native, quantize_int8
 from spectrosynth.sampling import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -135,15 +135,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_precision(dtype: str, device: torch.device) -> str:
     """The precision a render computes in: 'auto' made concrete for the device, the others checked.
 
-    auto: CUDA: bfloat16 where supported (Ampere and newer), else float16. A CPU: bfloat16 where a 0.1 s
-    probe finds its matrix products clearly faster than float32 (AMX; AVX512-BF16 on AMD Zen 5), else
-    float32 (spectrosynth.precision). int8: the decoder's linear layers dynamically quantized, the rest
-    float32; CPU only. The cost in accuracy of each is measured in docs/performance.md and docs/quality.md.
+    auto: CUDA: bfloat16 where supported (Ampere and newer), else float16. A CPU: bfloat16 where its matrix
+    products were measured clearly faster than float32 (AMX; AVX512-BF16 on AMD Zen 5), else float32:
+    measured once per machine and kept, or SPECTROSYNTH_CPU_DTYPE (spectrosynth.precision). int8: the
+    decoder's linear layers dynamically quantized, the rest float32; CPU only. The cost in accuracy of each
+    is measured in docs/performance.md and docs/quality.md.
     """
     if dtype == "auto":
         if device.type == "cuda":
             return "bfloat16" if cuda_bfloat16_is_native() else "float16"
-        return "bfloat16" if cpu_bfloat16_is_faster() else "float32"
+        return auto_cpu_precision()
     if dtype not in PRECISIONS:
         raise SpectrosynthError(f"unknown dtype {dtype!r}; use auto, {', '.join(PRECISIONS)}")
     if dtype == "float16" and device.type != "cuda":
@@ -335,13 +336,15 @@ class Synthesizer:
         sampler: str = DEFAULT_SAMPLER,
         guidance: float = DEFAULT_GUIDANCE,
         guidance_interval: IntervalLike = None,
+        sampler_options: dict | None = None,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Several songs at once: segment k of every song that has one goes through the model together.
 
         Segments of one song stay in order (each is conditioned on the one before); stacking songs keeps a
         GPU busy. Each song draws its noise from its own generator (seeds[i], default 0), so it renders as it
         would alone, up to floating-point rounding (batched matrix products may round differently).
-        Yields (song index, segment index, log-mel (256, 128)) as segments finish.
+        Yields (song index, segment index, log-mel (256, 128)) as segments finish. sampler_options: keyword
+        arguments of the sampler itself (the continuous solvers' clip, threshold, grid, t_start, t_end).
         """
         _, steps = self.sampler(sampler, steps, guidance)
         if generators is None:
@@ -360,7 +363,8 @@ class Synthesizer:
 
             rows = [SegmentRow(songs[b][k], contexts.get(b), generators[b]) for b in active]
             options = {"sampler": sampler, "steps": steps, "guidance": guidance, "films": films,
-                       "guidance_interval": guidance_interval}  # fmt: skip
+                       "guidance_interval": guidance_interval,
+                       "sampler_options": sampler_options}  # fmt: skip
             mels = self.sample_segments(rows, callback=report, **options)
             for mel, b in zip(mels, active, strict=True):
                 contexts[b] = mel
@@ -376,6 +380,7 @@ class Synthesizer:
         guidance_interval: IntervalLike = None,
         callback: Callable[[int], None] | None = None,
         films: FilmCache | None = None,
+        sampler_options: dict | None = None,
     ) -> list[np.ndarray]:
         """One segment of each row, sampled together: each row's log-mel spectrogram (256, 128), float32.
 
@@ -392,7 +397,7 @@ class Synthesizer:
             kvs, key_mask = self._encode([r.tokens for r in rows], contexts)
             denoise = self._denoiser(kvs, key_mask, guidance, films, guidance_interval)
             start = randn((len(rows), FRAMES_PER_SEGMENT, NUM_MEL_BINS), streams, self.device)
-            x = sample(denoise, start, steps, streams, callback=callback)
+            x = sample(denoise, start, steps, streams, callback=callback, **(sampler_options or {}))
             mel = scale_to_log_mel(x.float()).cpu().numpy()
         return list(mel)
 

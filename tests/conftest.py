@@ -8,18 +8,20 @@ REAL_MIDI = sorted((DATA / "midi").rglob("*.mid"))
 
 @pytest.fixture(scope="session", autouse=True)
 def converted_cache(tmp_path_factory):
-    """Converted model copies (spectrosynth.converted) go to a temporary folder, never the user's cache;
-    subprocesses inherit it."""
+    """Converted model copies (spectrosynth.converted) and the CPU's `--dtype auto` decision
+    (spectrosynth.precision, measured once for the session) go to a temporary folder, never the user's
+    cache; subprocesses inherit it. A SPECTROSYNTH_CPU_DTYPE override set in the shell is left out."""
     import os
 
     folder = tmp_path_factory.mktemp("spectrosynth-cache")
-    previous = os.environ.get("SPECTROSYNTH_CACHE")
+    previous = {name: os.environ.pop(name, None) for name in ("SPECTROSYNTH_CACHE", "SPECTROSYNTH_CPU_DTYPE")}
     os.environ["SPECTROSYNTH_CACHE"] = str(folder)
     yield folder
-    if previous is None:
-        os.environ.pop("SPECTROSYNTH_CACHE", None)
-    else:
-        os.environ["SPECTROSYNTH_CACHE"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -61,6 +61,9 @@ def test_report_has_every_section_and_the_facts_of_this_machine(hub):
     assert report["packages"]["numpy"] == __import__("numpy").__version__
     assert report["packages"]["libsndfile"]
     assert report["auto_dtype"]["cpu"] in ("float32", "bfloat16")
+    decision = report["cpu_dtype"]  # measured once for this test session's cache, then kept
+    assert decision["picks"] == report["auto_dtype"]["cpu"] and decision["bfloat16_speedup"] > 0
+    assert decision["stored"] is True and Path(decision["file"]).is_file()
     assert set(report["cpu"]["matrix_flags"]) <= set(doctor.CPU_FEATURES.values()) | {"amx_int8", "amx_tile"}
     assert report["environment"]["HF_HUB_OFFLINE"] == "1"
     assert report["seconds"] < 10  # about 2 s on a 2-core CPU, most of it importing torch
