@@ -315,3 +315,41 @@ def test_every_sampler_calls_back_once_per_step_and_uses_its_noise(name):
     assert all(torch.isfinite(o).all() and o.abs().max() <= 1 for o in outputs)
     assert torch.equal(outputs[0], outputs[1])
     assert torch.equal(outputs[0], outputs[2]) == (name not in STOCHASTIC)
+
+
+def test_dynamic_thresholding_is_diffusers_and_the_clip_where_the_data_stays_in_range():
+    from diffusers import DPMSolverMultistepScheduler
+
+    from spectrosynth.sampling.base import dynamic_threshold
+
+    g = torch.Generator().manual_seed(0)
+    x = (
+        torch.randn(3, 256, 128, generator=g, dtype=torch.float64)
+        * torch.tensor([0.2, 1.3, 4.0])[:, None, None]
+    )
+    reference = DPMSolverMultistepScheduler(
+        thresholding=True, dynamic_thresholding_ratio=0.99, sample_max_value=2.0
+    )
+    expected = reference._threshold_sample(x.clone())
+    got = dynamic_threshold(x, 0.99, 2.0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert torch.equal(got[0], x[0])  # inside [-1, 1]: untouched
+    assert got[1].abs().max() == 1.0 and (got[1] - x[1].clamp(-1, 1)).abs().max() > 0.05  # not the plain clip
+    assert torch.equal(got[2], x[2].clamp(-2.0, 2.0) / 2.0)  # s held at max_value
+    z, eps = torch.rand(1, 8, 4, generator=g, dtype=torch.float64), torch.zeros(1, 8, 4, dtype=torch.float64)
+    assert torch.equal(predict_x0(z, eps, 20.0, threshold=(0.995, 1.5)), predict_x0(z, eps, 20.0))
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpmpp-2m", "dpmpp-2m-sde"])
+def test_solvers_take_dynamic_thresholding_and_a_later_start(name):
+    data = GaussianData(mean=0.4, std=0.05)  # far inside [-1, 1] at every step: thresholding changes nothing
+    x = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(**options):
+        return SAMPLERS[name](data.eps, x, 12, torch.Generator().manual_seed(3), **options)
+
+    plain = run()
+    torch.testing.assert_close(run(threshold=(0.995, 1.5)), plain, rtol=0, atol=1e-6)
+    later = run(t_start=schedule.time_at(-6.0))
+    assert (later - plain).abs().max() > 1e-4  # another grid
+    assert (later - data.mean).abs().mean() < 4 * data.std

@@ -85,12 +85,31 @@ def sigmoid(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v))
 
 
-def predict_x0(z: torch.Tensor, eps: torch.Tensor, logsnr: float, clip: bool = True) -> torch.Tensor:
+Threshold = tuple[float, float]  # dynamic thresholding's (ratio, max_value)
+
+
+def predict_x0(
+    z: torch.Tensor, eps: torch.Tensor, logsnr: float, clip: bool = True, threshold: Threshold | None = None
+) -> torch.Tensor:
     """The clean data implied by z and the predicted noise: x0 = (z - sigma eps) / alpha, clipped to the data
-    range [-1, 1] (the training targets are clipped there). Written as the original does it:
+    range [-1, 1] (the training targets are clipped there), or with `threshold` (ratio, max_value) brought
+    into it by `dynamic_threshold`. Written as the original does it:
     x0 = sqrt(1 + e^-lambda) (z - eps / sqrt(1 + e^lambda)), with lambda the log-SNR."""
     x0 = math.sqrt(1.0 + math.exp(-logsnr)) * (z - eps.to(z.dtype) / math.sqrt(1.0 + math.exp(logsnr)))
+    if threshold is not None:
+        return dynamic_threshold(x0, *threshold)
     return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.5) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, "Imagen", §2.3; diffusers' `_threshold_sample`): per row,
+    s = the `ratio` quantile of |x0|, held to [1, max_value]; x0 is clipped to [-s, s] and divided by s. Where
+    the prediction stays in the data range (s = 1) it is the static clip to [-1, 1]; where a weak network's
+    prediction overshoots, it is pulled back into range instead of being flattened against its ends."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    s = torch.quantile(flat.float(), ratio, dim=1).to(x0.dtype).clamp(1.0, max_value)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
 def report(callback: StepCallback | None, i: int) -> None:

@@ -1,10 +1,12 @@
 """Fast samplers: solvers of the diffusion ODE (or SDE) in continuous time on the model's own schedule.
 
 All of them step on the data prediction D(z, t) = clip((z - sigma_t eps) / alpha_t, -1, 1), eps the guided
-noise prediction, and in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's notation; the schedule's
-log-SNR is 2 lambda). They walk a grid t_0 = t_start > t_1 > ... > t_{N-1} = t_end (schedule.time_grid),
-evaluating the network once per point, and return the last data prediction D(z_{N-1}, t_{N-1}): the step to
-t = 0 is first order, as in the original sampler's last step. With h_i = lambda_{i+1} - lambda_i > 0:
+noise prediction (or, with `threshold=(ratio, max_value)`, that prediction dynamically thresholded:
+base.dynamic_threshold), and in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's notation; the
+schedule's log-SNR is 2 lambda). They walk a grid t_0 = t_start > t_1 > ... > t_{N-1} = t_end
+(schedule.time_grid), evaluating the network once per point, and return the last data prediction
+D(z_{N-1}, t_{N-1}): the step to t = 0 is first order, as in the original sampler's last step.
+With h_i = lambda_{i+1} - lambda_i > 0:
 
 - ddim: DDIM (Song et al. 2021) = DPM-Solver++(1):
       z_{i+1} = (sigma_{i+1} / sigma_i) z_i - alpha_{i+1} (e^-h - 1) D_i
@@ -33,6 +35,7 @@ from spectrosynth.sampling.base import (
     Generators,
     Sampler,
     StepCallback,
+    Threshold,
     predict_x0,
     randn_like,
     report,
@@ -72,6 +75,7 @@ def _dpm_solver_pp(
     generator: Generators | None,
     callback: StepCallback | None,
     clip: bool,
+    threshold: Threshold | None,
     *,
     order: int,
     stochastic: bool,
@@ -79,7 +83,7 @@ def _dpm_solver_pp(
     """DPM-Solver++ multistep, first or second order, as an ODE or an SDE solver."""
     previous: tuple[torch.Tensor, float] | None = None  # (D_{i-1}, h_{i-1})
     for i, p in enumerate(points):
-        d = predict_x0(z, denoise(z, p.t), p.logsnr, clip)
+        d = predict_x0(z, denoise(z, p.t), p.logsnr, clip, threshold)
         if i + 1 < len(points):
             q = points[i + 1]
             h = q.lam - p.lam
@@ -106,12 +110,13 @@ def _unipc(
     generator: Generators | None,
     callback: StepCallback | None,
     clip: bool,
+    threshold: Threshold | None,
 ) -> torch.Tensor:
     """UniPC-2 (bh2): predictor DPM-Solver++(2M), corrector UniC of the same order."""
     history: list[torch.Tensor] = []  # the last one or two data predictions: the predictor's order
     start = z  # where the last predictor started (after its own correction)
     for i, p in enumerate(points):
-        d = predict_x0(z, denoise(z, p.t), p.logsnr, clip)
+        d = predict_x0(z, denoise(z, p.t), p.logsnr, clip, threshold)
         if i + 1 < len(points):
             if history:  # UniC on z_i with D_i; on the last point it would change nothing
                 z = _unipc_update(start, points[i - len(history) : i + 1], history, d)
@@ -133,12 +138,13 @@ def _solver(name: str, core, doc: str) -> Sampler:
         *,
         callback: StepCallback | None = None,
         clip: bool = True,
+        threshold: Threshold | None = None,
         grid: str = DEFAULT_GRID,
         t_start: float = T_START,
         t_end: float = T_END,
     ) -> torch.Tensor:
         points = _points(steps, grid, t_start, t_end)
-        return core(denoise, x.to(STATE_DTYPE), points, generator, callback, clip)
+        return core(denoise, x.to(STATE_DTYPE), points, generator, callback, clip, threshold)
 
     sample.__name__ = sample.__qualname__ = name
     sample.__doc__ = doc
