@@ -25,9 +25,10 @@ steady-state minimum of that sum (0.5), which fades the first 13 ms in instead.
 
 Deterministic: the initial phase is zero in every bin, so the same spectrogram gives the same audio. It is
 also local: each iteration lets a frame's phase depend on one more frame either side, so with fewer
-iterations than `StreamingVocoder`'s context (64 frames), vocoding a song in chunks gives exactly what
-vocoding it whole gives (tests/test_griffin_lim.py). A random initial phase re-analyses 5 % closer at the
-default 32 iterations, but would make each chunk's audio depend on where the chunk starts.
+iterations than the context `StreamingVocoder` gives it (`GriffinLimVocoder.context`, 64 frames), vocoding
+a song in chunks gives exactly what vocoding it whole gives (tests/test_griffin_lim.py). A random initial
+phase re-analyses 5 % closer at the default 32 iterations, but would make each chunk's audio depend on
+where the chunk starts.
 
 Griffin-Lim is much lower quality than a trained inverter (phasey, "metallic" audio): use it when the model
 has none.
@@ -97,6 +98,9 @@ class GriffinLimVocoder:
     """
 
     name = "griffin-lim"
+    # Frames StreamingVocoder adds on either side of a chunk: more than the iterations (each reaches one frame
+    # further), so chunked vocoding equals whole vocoding up to 63 iterations.
+    context = 64
 
     def __init__(
         self,

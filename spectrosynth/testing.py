@@ -3,7 +3,9 @@
 `write_checkpoint` writes a folder that `spectrosynth.weights.resolve_model` accepts and that the reference
 implementation (diffusers) loads with strict keys: the same configs, state_dict key names, scheduler config,
 model_index.json and an ONNX vocoder with the published input and output signature. The weights are random
-but scaled so activations stay of order one through a full-depth model.
+but scaled so activations stay of order one through a full-depth model. The vocoder is one convolution
+(`write_vocoder`), or with `vocoder="soundstream"` SoundStream's decoder at the published file's size and
+cost (`write_soundstream_vocoder`), for timing the vocoder and the streaming context it needs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +139,181 @@ def write_vocoder(path: str | os.PathLike[str], seed: int = 0) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------------------------
+# A full-size stand-in for the published vocoder: SoundStream's decoder with random weights.
+#
+# The published melgan/model.onnx (60.5 MB) is an ONNX export (kashif/soundstream_mel_decoder) of TF-Hub's
+# google/soundstream/mel/decoder/music/1, "a SoundStream decoder which inverts mel-spectrograms"; neither
+# its model card nor the authors' code (music_spectrogram_diffusion/audio_codecs.py only calls it) gives its
+# layers. SoundStream's decoder (Zeghidour et al. 2021, section III and figure 2) fed with the 128 mel bins
+# at C = 56 has 14.86 M parameters, 59.4 MB of float32: the published file's size. Figure 2 of the paper:
+#   Conv1D(k=7, 16C) -> DecoderBlock(8C, S=8) -> (4C, 5) -> (2C, 4) -> (C, 2) -> Conv1D(k=7, 1)
+#   DecoderBlock(N, S): ConvTranspose1D(2N -> N, k=2S, stride S), ResidualUnit(N, dilation 1, 3, 9)
+#   ResidualUnit(N, d): x + Conv1D(k=1)(Conv1D(k=7, dilation d)(x)), ELU activations
+# with the strides' product 320, one mel frame's samples. The paper's convolutions are causal (padded on the
+# past side only, for streaming); `causal=False` pads both sides instead, as an offline decoder may.
+
+#: SoundStream decoder blocks' upsampling strides (their product is SAMPLES_PER_FRAME) and its residual
+#: units' dilations; every convolution but the 1-wide ones has kernel 7.
+SOUNDSTREAM_STRIDES = (8, 5, 4, 2)
+SOUNDSTREAM_DILATIONS = (1, 3, 9)
+SOUNDSTREAM_KERNEL = 7
+SOUNDSTREAM_CHANNELS = 56  # C: 14 859 265 parameters, 59.4 MB of float32 (the published file: 60.5 MB)
+# The decoder's input scaling, folded into its first convolution: the log-mel range [ln 1e-5, 4] -> [-1, 1].
+_LOG_MEL_MIN, _LOG_MEL_MAX = math.log(1e-5), 4.0
+
+
+class _Conv(torch.nn.Conv1d):
+    """A 1-D convolution that keeps the length: padded on the past side only (causal), or on both."""
+
+    def __init__(self, inputs: int, outputs: int, kernel: int, dilation: int = 1, causal: bool = False):
+        self.reach = (kernel - 1) * dilation  # positions it looks across, besides the current one
+        super().__init__(inputs, outputs, kernel, dilation=dilation, padding=0 if causal else self.reach // 2)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            x = torch.nn.functional.pad(x, (self.reach, 0))
+        return super().forward(x)
+
+    def depends_on(self, first: int, last: int) -> tuple[int, int]:
+        """The input positions that output positions [first, last] read."""
+        return (
+            (first - self.reach, last) if self.causal else (first - self.reach // 2, last + self.reach // 2)
+        )
+
+
+class _Upsample(torch.nn.ConvTranspose1d):
+    """A transposed convolution of kernel 2S and stride S: L positions -> L·S. Causal: the last S of the
+    (L + 1)·S outputs are dropped, so output n reads inputs n // S - 1 and n // S; otherwise ceil(S / 2)
+    are dropped at the start and the rest at the end."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int, causal: bool = False):
+        self.crop = 0 if causal else (stride + 1) // 2  # outputs dropped at the start
+        extra = 0 if causal else 2 * self.crop - stride  # one more at the end for an odd stride
+        super().__init__(inputs, outputs, 2 * stride, stride=stride, padding=self.crop, output_padding=extra)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y[..., : -self.stride[0]] if self.causal else y
+
+    def depends_on(self, first: int, last: int) -> tuple[int, int]:
+        stride = self.stride[0]
+        return (first + self.crop) // stride - 1, (last + self.crop) // stride
+
+
+class _ResidualUnit(torch.nn.Module):
+    def __init__(self, channels: int, dilation: int, causal: bool):
+        super().__init__()
+        self.dilated = _Conv(channels, channels, SOUNDSTREAM_KERNEL, dilation, causal)
+        self.pointwise = _Conv(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        elu = torch.nn.functional.elu
+        return x + self.pointwise(elu(self.dilated(elu(x))))
+
+    def depends_on(self, first: int, last: int) -> tuple[int, int]:
+        return self.dilated.depends_on(first, last)  # the skip path reads [first, last] itself
+
+
+class SoundStreamDecoder(torch.nn.Module):
+    """SoundStream's decoder on log-mel frames: (batch, frames, 128) -> (batch, frames · 320) samples.
+
+    ELU comes before every convolution but the first (pre-activation, as in SEANet and EnCodec's decoders).
+    """
+
+    def __init__(self, channels: int = SOUNDSTREAM_CHANNELS, causal: bool = True):
+        super().__init__()
+        width = 16 * channels
+        layers: list[torch.nn.Module] = [_Conv(MEL_BINS, width, SOUNDSTREAM_KERNEL, causal=causal)]
+        for stride in SOUNDSTREAM_STRIDES:
+            layers += [torch.nn.ELU(), _Upsample(width, width // 2, stride, causal)]
+            width //= 2
+            layers += [_ResidualUnit(width, d, causal) for d in SOUNDSTREAM_DILATIONS]
+        layers += [torch.nn.ELU(), _Conv(width, 1, SOUNDSTREAM_KERNEL, causal=causal)]
+        self.layers = torch.nn.Sequential(*layers)
+        self.channels, self.causal = channels, causal
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.layers(mel.transpose(1, 2)).flatten(1)  # (B, F, 128) -> (B, 128, F) -> (B, 1, F·320)
+
+    def receptive_field(self) -> tuple[int, int]:
+        """(before, after): how many frames before and after its own the audio of a frame depends on,
+        found by following the samples of one frame back through every layer to the input."""
+        frame = 10_000  # far from both ends
+        first, last = frame * SAMPLES_PER_FRAME, (frame + 1) * SAMPLES_PER_FRAME - 1
+        for layer in reversed(self.layers):
+            if hasattr(layer, "depends_on"):
+                first, last = layer.depends_on(first, last)
+        return frame - first, last - frame
+
+
+def soundstream_decoder(
+    channels: int = SOUNDSTREAM_CHANNELS, seed: int = 0, causal: bool = True
+) -> SoundStreamDecoder:
+    """A SoundStreamDecoder with random weights, deterministic for a given seed, scaled so that activations
+    stay of order one and the audio of a log-mel spectrogram is of order 0.1 to 1 (standard deviation 0.2 to
+    0.4, peaks 1 to 2 for music, silence or noise alike).
+
+    Weights N(0, g² / fan_in): g = 2 for the first convolution, whose input is first mapped from the log-mel
+    range to [-1, 1] (the mapping folded into its weights and bias); g = 1 for the transposed convolutions
+    (fan-in 2·channels), 1.5 for the dilated ones, 0.5 for each residual unit's pointwise one (so the three
+    units grow the signal moderately) and 0.3 for the output. Biases N(0, 0.01²).
+    """
+    model = SoundStreamDecoder(channels, causal)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.ConvTranspose1d):  # weight (in, out, 2S): an output reads 2 inputs
+                gain, fan_in = 1.0, module.weight.shape[0] * 2
+            elif isinstance(module, torch.nn.Conv1d):  # weight (out, in, k)
+                fan_in = module.weight.shape[1] * module.weight.shape[2]
+                gain = {"layers.0": 2.0, f"layers.{len(model.layers) - 1}": 0.3}.get(name, 1.5)
+                gain = 0.5 if name.endswith("pointwise") else gain
+            else:
+                continue
+            weight = torch.randn(module.weight.shape, generator=generator) * gain / math.sqrt(fan_in)
+            module.weight.copy_(weight)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.01)
+        # conv((x - lo)·a - 1) = conv(x·a) + (-lo·a - 1)·sum(w), a = 2 / (hi - lo); the padding aside
+        first = model.layers[0]
+        scale = 2.0 / (_LOG_MEL_MAX - _LOG_MEL_MIN)
+        first.bias.add_((-_LOG_MEL_MIN * scale - 1.0) * first.weight.sum(dim=(1, 2)))
+        first.weight.mul_(scale)
+    return model.eval()
+
+
+def write_soundstream_vocoder(
+    path: str | os.PathLike[str], seed: int = 0, channels: int = SOUNDSTREAM_CHANNELS, causal: bool = True
+) -> Path:
+    """SoundStream's decoder with random weights (`soundstream_decoder`) as ONNX, with the published
+    vocoder's signature: input ``input_features`` float32 [batch, frames, 128] log-mel, output ``waveform``
+    float32 [batch, frames·320]. At the default width (C = 56) it has the published file's size and cost
+    (14.9 M parameters, a 59 MB file); C = 4 gives the same layers and receptive field at 130 k parameters.
+    """
+    model = soundstream_decoder(channels, seed, causal)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)  # causal padding
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter, chosen
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 8, MEL_BINS),),
+            str(path),
+            input_names=["input_features"],
+            output_names=["waveform"],
+            dynamic_axes={
+                "input_features": {0: "batch", 1: "frames"},
+                "waveform": {0: "batch", 1: "samples"},
+            },
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript
+        )
+    return path
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -146,18 +324,23 @@ def write_checkpoint(
     size: Literal["tiny", "base"] = "tiny",
     seed: int = 0,
     weights_format: Literal["bin", "safetensors"] = "bin",
+    vocoder: Literal["tiny", "soundstream"] = "tiny",
 ) -> Path:
     """Write a complete random model in the published layout into `folder` (created if needed); returns it.
 
     "base" has the published sizes (411.7M parameters, 1.65 GB of float32); "tiny" is a few MB.
     `weights_format` "bin" writes pickled state_dicts with torch.save, as published; "safetensors" writes
-    diffusion_pytorch_model.safetensors instead.
+    diffusion_pytorch_model.safetensors instead. `vocoder` "tiny" is a one-convolution stand-in
+    (`write_vocoder`, fast); "soundstream" has the published vocoder's architecture, size and cost
+    (`write_soundstream_vocoder`, 59 MB).
     """
     presets = {"tiny": tiny_configs, "base": base_configs}
     if size not in presets:
         raise ValueError(f"size must be 'tiny' or 'base', not {size!r}")
     if weights_format not in ("bin", "safetensors"):
         raise ValueError(f"weights_format must be 'bin' or 'safetensors', not {weights_format!r}")
+    if vocoder not in ("tiny", "soundstream"):
+        raise ValueError(f"vocoder must be 'tiny' or 'soundstream', not {vocoder!r}")
     configs = presets[size]()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +356,8 @@ def write_checkpoint(
 
             save_file(state, folder / component / WEIGHTS_SAFETENSORS, metadata={"format": "pt"})
         del state
-    write_vocoder(folder / MELGAN, seed=zlib.crc32(f"melgan-{seed}".encode()))
+    write_melgan = write_soundstream_vocoder if vocoder == "soundstream" else write_vocoder
+    write_melgan(folder / MELGAN, seed=zlib.crc32(f"melgan-{seed}".encode()))
     return folder
 
 
@@ -227,8 +411,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=["tiny", "base"], default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=["bin", "safetensors"], default="bin", dest="weights_format")
+    parser.add_argument(
+        "--vocoder",
+        choices=["tiny", "soundstream"],
+        default="tiny",
+        help="melgan/model.onnx: a one-convolution stand-in (tiny, fast), or SoundStream's decoder at the "
+        "published file's size and cost (soundstream, 59 MB, for timing the vocoder)",
+    )
     args = parser.parse_args(argv)
-    print(write_checkpoint(args.folder, args.size, seed=args.seed, weights_format=args.weights_format))
+    folder = write_checkpoint(
+        args.folder, args.size, seed=args.seed, weights_format=args.weights_format, vocoder=args.vocoder
+    )
+    print(folder)
 
 
 if __name__ == "__main__":

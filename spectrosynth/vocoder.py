@@ -21,9 +21,20 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "input_features"
 
+#: Frames of spectrogram StreamingVocoder gives each chunk of the model's vocoder on either side (0.64 s).
+#: SoundStream's decoder at the published file's size (spectrosynth.testing.write_soundstream_vocoder) makes
+#: a frame's audio from the 20 frames before it (causal convolutions, as in the SoundStream paper) or the 10
+#: on either side (non-causal); from 20 frames on, its streamed audio was measured equal to the whole
+#: spectrogram's, bit for bit. The published file's layers are inferred from its size, not known: 32 leaves
+#: 12 frames for a wider one (docs/performance.md, "The vocoder's cost"). 64 made the vocoder ~20 % slower.
+MODEL_CONTEXT = 32
+#: For a vocoder that does not say how much context it needs (no `context` attribute).
+DEFAULT_CONTEXT = 64
+
 
 class Vocoder:
     name = "model"  # constants.VOCODERS: the model's own inverter
+    context = MODEL_CONTEXT  # frames StreamingVocoder adds on either side of a chunk
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
@@ -77,13 +88,16 @@ class StreamingVocoder:
     """Vocodes a spectrogram that arrives in pieces, with memory that does not grow with its length.
 
     Each chunk of frames is vocoded together with `context` frames on each side, and only its own samples
-    are kept. The vocoder is convolutional: a sample depends only on nearby frames, so with a context wider
-    than its receptive field the result equals vocoding the whole spectrogram at once (the published
-    SoundStream decoder looks a few hundred milliseconds around each frame; the default context is 1.28 s).
-    Audio for a chunk is released once `context` frames after it have arrived, or at `finish`.
+    are kept. The vocoder is convolutional: a sample depends only on nearby frames, so with a context at
+    least its receptive field the result equals vocoding the whole spectrogram at once. The default is the
+    vocoder's own `context`: for the model's (Vocoder) 32 frames, 0.64 s, where SoundStream's decoder reads
+    20 (MODEL_CONTEXT); for Griffin-Lim 64; DEFAULT_CONTEXT (64) for a vocoder that has none. Audio for a
+    chunk is released once `context` frames after it have arrived, or at `finish`.
     """
 
-    def __init__(self, vocoder: Vocoder, chunk: int = 256, context: int = 64):
+    def __init__(self, vocoder: Vocoder, chunk: int = 256, context: int | None = None):
+        if context is None:
+            context = getattr(vocoder, "context", DEFAULT_CONTEXT)
         if chunk <= 0 or context < 0:
             raise ValueError("chunk must be positive and context non-negative")
         self.vocoder, self.chunk, self.context = vocoder, chunk, context
