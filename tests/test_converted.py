@@ -4,11 +4,13 @@ of a render."""
 
 import numpy as np
 import pytest
+import torch
 
 from spectrosynth import Synthesizer, converted, weights
 from spectrosynth.precision import int8_engine, is_int8
 from spectrosynth.testing import write_checkpoint
 
+PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 TOKENS = [[1, 2, 3, 1135, 1136, 1137], [1, 1200, 1201, 1]]
 
 
@@ -28,6 +30,28 @@ def _mel(synth):
     return synth.generate_mel(TOKENS, steps=3, seed=0)
 
 
+def _int8_state(decoder) -> dict:
+    """Every dynamically quantized linear layer's int8 weights, scales, zero points and bias."""
+    state = {}
+    for name, module in decoder.named_modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            w = module.weight()
+            state[f"{name}.int8"] = w.int_repr()
+            state[f"{name}.scales"] = (
+                w.q_per_channel_scales() if w.qscheme() in PER_CHANNEL else torch.tensor(w.q_scale())
+            )
+            state[f"{name}.bias"] = module.bias()
+    return state
+
+
+def _one_pass(decoder) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 256, 128, generator=g), torch.tensor([0.3, 0.8])
+    encodings = torch.randn(2, 40, decoder.config.d_model, generator=g)
+    with torch.no_grad():
+        return decoder(x, decoder.conditioning(t), decoder.cross_keys_values(encodings))
+
+
 def _entries(cache):
     return sorted(p.name.split("-")[0] for p in cache.iterdir()) if cache.exists() else []
 
@@ -37,7 +61,7 @@ def _entries(cache):
     ["bfloat16", pytest.param("int8", marks=pytest.mark.skipif(int8_engine() is None, reason="no int8"))],
 )
 def test_second_load_uses_the_copy_and_renders_the_same(model, cache, monkeypatch, precision):
-    full = _mel(Synthesizer.from_pretrained(model, device="cpu", dtype="float32"))
+    full_synth = Synthesizer.from_pretrained(model, device="cpu", dtype="float32")
     fresh = Synthesizer.from_pretrained(model, device="cpu", dtype=precision)
     assert _entries(cache) == [precision]
     expected = _mel(fresh)
@@ -54,9 +78,16 @@ def test_second_load_uses_the_copy_and_renders_the_same(model, cache, monkeypatc
     assert again.precision == precision
     if precision == "int8":
         assert is_int8(again.decoder) == is_int8(fresh.decoder) > 0
-        # The same int8 weights and scales; fbgemm's products may round differently between two packings
-        # of them (seen under pytest only): far below what int8 itself changes.
-        assert np.abs(got - expected).max() < 0.02 * np.abs(full - expected).max()
+        # The same int8 weights and scales. fbgemm's products may round differently between two packings of
+        # them (on one thread), and the tiny random model's saturated renders amplify that into flipped bins,
+        # so the weights themselves are compared, and the renders only as a whole.
+        packed = [_int8_state(d) for d in (again.decoder, fresh.decoder)]
+        assert packed[0].keys() == packed[1].keys() and packed[0]
+        for name, tensor in packed[0].items():
+            assert (tensor is None and packed[1][name] is None) or torch.equal(tensor, packed[1][name]), name
+        # one decoder pass (not chaotic, unlike a saturating render) agrees far better than int8 with float32
+        passes = [_one_pass(d) for d in (again.decoder, fresh.decoder, full_synth.decoder)]
+        assert (passes[0] - passes[1]).abs().max() < 0.05 * (passes[1] - passes[2]).abs().max()
     else:
         assert np.array_equal(got, expected)
 
