@@ -320,6 +320,115 @@ def trend_rows(data: dict, weights: str = "ema", run: str = "main") -> list[tupl
     return sorted(rows, key=lambda r: r[0])
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The rule (docs/quality.md, "The rule that decides the defaults"), as code
+
+
+def best_model(data: dict) -> str:
+    """The label of the swept model whose recipe renders score the lowest mel L1 on the `train` set."""
+    scored = []
+    for label, model in data["models"].items():
+        recipe = [r for r in model["results"]["train"] if r["name"] == RECIPE.name]
+        if recipe:
+            scored.append((recipe[0]["mel_l1"], label))
+    return min(scored)[1]
+
+
+def before(data: dict, label: str) -> str | None:
+    """The trend checkpoint at half the best model's steps, or the nearest below it."""
+    step = data["models"][label]["step"]
+    earlier = [(s, m) for s, m in trend_rows(data) if s <= step // 2]
+    if not earlier:
+        return None
+    chosen = earlier[-1][0]
+    return next(k for k, m in data["models"].items() if m.get("run") == "main" and m.get("weights") == "ema"
+                and m["step"] == chosen)  # fmt: skip
+
+
+def bar(data: dict, label: str, name: str = "train") -> dict:
+    """Whether the model's recipe renders meet the bar on a set: mel L1 <= 2 and note F1 at least half the
+    ground truth's through Griffin-Lim."""
+    recipe = next(r for r in data["models"][label]["results"][name] if r["name"] == RECIPE.name)
+    ceiling = data["truth"][name]["note_f1"]
+    return {"mel_l1": recipe["mel_l1"], "note_f1": recipe["note_f1"], "truth_note_f1": ceiling,
+            "met": recipe["mel_l1"] <= 2.0 and recipe["note_f1"] >= 0.5 * ceiling}  # fmt: skip
+
+
+def eligibility(data: dict, label: str) -> dict[str, dict]:
+    """Every swept setting of the best model: on each set whether it holds up and whether its gap did not
+    grow since the checkpoint before; eligible when both hold on both sets."""
+    previous = before(data, label)
+    out = {}
+    results = data["models"][label]["results"]
+    for r in results["train"]:
+        verdict = {"passes": r["passes"], "sets": {}}
+        for name in SETS:
+            here = next((x for x in results[name] if x["key"] == r["key"]), None)
+            if here is None:
+                continue
+            holds = here["mel_l1_vs_recipe"] <= here["mel_l1_noise"] and (
+                -here["note_f1_vs_recipe"] <= here["note_f1_noise"]
+            )
+            grew = None
+            if previous is not None:
+                then = next(
+                    (x for x in data["models"][previous]["results"][name] if x["key"] == r["key"]), None
+                )
+                if then is not None:
+                    grew = here["mel_l1_vs_recipe"] > then["mel_l1_vs_recipe"] + here["mel_l1_noise"]
+            gap, noise = here["mel_l1_vs_recipe"], here["mel_l1_noise"]
+            verdict["sets"][name] = {"holds_up": holds, "gap_grew": grew, "gap": gap, "noise": noise}
+        sets = verdict["sets"]
+        verdict["eligible"] = len(sets) == len(SETS) and all(
+            v["holds_up"] and v["gap_grew"] is False for v in sets.values()
+        )
+        out[r["name"]] = verdict
+    return out
+
+
+def decide(data: dict) -> dict:
+    """The rule applied: the best model, the bar, each setting's eligibility and the defaults it gives."""
+    label = best_model(data)
+    verdicts = eligibility(data, label)
+    settings_by_name = {s.name: s for s in settings("trend")}
+    met, heldout = bar(data, label, "train"), bar(data, label, "heldout")
+    decision = {"best": label, "before": before(data, label), "bar_train": met, "bar_heldout": heldout,
+                "verdicts": verdicts}  # fmt: skip
+    if not met["met"]:
+        decision["defaults"] = "unchanged: the measuring model does not meet the bar"
+        return decision
+
+    def candidates(guidance: float | None) -> list[tuple[int, float, str]]:
+        found = []
+        for name, v in verdicts.items():
+            s = settings_by_name.get(name)
+            if s is None or s == RECIPE or not v["eligible"] or s.precision != "float32" or s.seed != 0:
+                continue
+            if guidance is not None and s.guidance != guidance:
+                continue
+            found.append((v["passes"], v["sets"]["train"]["gap"], name))
+        return sorted(found)
+
+    guided = candidates(2.0)
+    chosen = guided[0][2] if guided else DEFAULT.name
+    if heldout["met"]:  # only then may guidance 1 compete
+        every = candidates(None)
+        chosen = every[0][2] if every else chosen
+    s = settings_by_name[chosen]
+    variant = {}
+    for precision in ("bfloat16", "int8"):
+        nearest = "unipc" if s.sampler == "unipc" else "dpmpp-2m-sde"
+        match = [n for n, x in settings_by_name.items() if x.precision == precision and x.sampler == nearest]
+        variant[precision] = bool(match) and verdicts.get(match[0], {}).get("eligible", False)
+    decision["defaults"] = {
+        "setting": chosen,
+        "eligible_guided": [c[2] for c in guided],
+        "cpu_without_fast_bfloat16": "int8" if variant["int8"] else "float32",
+        "cpu_with_fast_bfloat16": "bfloat16" if variant["bfloat16"] else "(the float32 rule)",
+    }
+    return decision
+
+
 def plot_trend(data: dict, path: Path) -> None:
     """Each setting's mel-L1 gap to the recipe against the recipe's own mel L1, one line per setting, one
     panel per song set: which way each gap moves as the network gets better (right to left)."""
@@ -419,6 +528,9 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="measure settings measured before again")
     parser.add_argument("--plot-only", action="store_true", help="redraw the trend plot from --out")
     parser.add_argument("--pictures", action="store_true", help="draw the spectrograms of the model instead")
+    parser.add_argument(
+        "--decide", action="store_true", help="apply the rule to --out's results and print it"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/images/quality-trend.png")
     parser.add_argument("--pictures-out", type=Path, default=ROOT / "docs/images/spectrograms.png")
@@ -426,6 +538,9 @@ def main() -> None:
     args.picture_song = {}
     if args.plot_only:
         plot_trend(load_results(args.out), args.plot)
+        return
+    if args.decide:
+        print(json.dumps(decide(load_results(args.out)), indent=1))
         return
     if args.model is None:
         if args.step is None:
