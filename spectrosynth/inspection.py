@@ -27,9 +27,10 @@ def inspect_score(score: Score, include_tokens: bool = False, remap: Remap | Non
         score, notices = apply_remap(score, remap)
     song = prepare(score)
     segments = song.segments
-    from spectrosynth.stems import placement, stem_name
+    from spectrosynth.stems import automation, stem_name
 
-    placements = [placement(score, t.index) for t in score.tracks]
+    moves = [automation(score, t.index) for t in score.tracks]
+    placements = [m.initial for m in moves]  # the values at the first note
     raw_lengths = [len(s.tokens) + s.dropped_tokens for s in segments]  # before any cut
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -71,6 +72,9 @@ def inspect_score(score: Score, include_tokens: bool = False, remap: Remap | Non
                 "pan": placements[t.index].pan,
                 "volume": placements[t.index].volume,
                 "expression": placements[t.index].expression,
+                "pan_automated": moves[t.index].pan_automated,
+                "level_automated": moves[t.index].level_automated,
+                "automation_events": moves[t.index].events,
                 "stem": stem_name(score, t.index),
             }
             for t in score.tracks

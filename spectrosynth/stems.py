@@ -12,7 +12,7 @@ MIDI synthesizer does:
 * each value as it stands at the track's first note in the rendered window (controllers sent on the
   track's MIDI channel by any MTrk of the file, the latest at or before that note); a file that sends none
   gets the General MIDI defaults, pan 64, volume 100, expression 127. Later changes (automation curves)
-  are not followed.
+  are followed, sample by sample, with a 5 ms ramp against zipper noise (`spectrosynth.automation`).
 
 The parts of a song (its tracks, and the whole song when the mix is the model's joint mono render) go
 through the model together, as rows of one batch, each with its own noise generator seeded alike, so each
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from spectrosynth.audio import AudioWriter, WriteSummary, check_output
+from spectrosynth.automation import Automation, automation
 from spectrosynth.errors import OutputError
 from spectrosynth.midi import Score
 from spectrosynth.outputs import OutputSettings, SongOutput, audio_writer
@@ -96,7 +97,8 @@ class Part:
     song: PreparedSong
     track: int | None = None  # 1-based, as `inspect` numbers tracks
     stem: str | None = None  # file name of its stem, without the extension
-    placement: Placement | None = None  # in a stereo mix
+    placement: Placement | None = None  # in a stereo mix, at its first note
+    automation: Automation | None = None  # in a stereo mix, through the song (None: `placement` throughout)
 
 
 @dataclass
@@ -169,8 +171,8 @@ def plan_parts(
                 where = " in the rendered window" if start or duration is not None else ""
                 notices.append(f"{prefix}track {number} has no notes{where}: no stem")
                 continue
-            parts.append(Part(part_song, number, stem_name(played, track.index),
-                              placement(played, track.index, start)))  # fmt: skip
+            moves = automation(played, track.index, start)
+            parts.append(Part(part_song, number, stem_name(played, track.index), moves.initial, moves))
         if output.channels == 2 and not any(p.track for p in parts):
             parts.append(Part(song, placement=Placement()))  # nothing to place: the (silent) song itself
     return SongParts(song, parts, output.channels, stems, notices)
@@ -204,7 +206,8 @@ class PartsSummary:
 class PartsOutput:
     """Receives one segment of every part at a time and writes the mix (and the stems) progressively.
 
-    The mix: the joint part's audio (mono), or the track parts placed by `Placement` and summed (stereo).
+    The mix: the joint part's audio (mono), or the track parts placed by their `Automation` (or a fixed
+    `Placement`) and summed (stereo).
     A stem: a track part alone, mono, or placed as in the mix when the mix is stereo. Like SongOutput: use
     as a context manager; on an error nothing is left behind; `finish()` publishes the stems, then the mix.
     """
@@ -305,13 +308,19 @@ class PartsOutput:
         if take <= 0:
             return
         tracks = [p for p in self.parts.parts if p is not self.parts.joint]
-        placed = [p.placement.place(a[:take]) if self.parts.channels == 2 else a[:take]
+        placed = [self._place(p, a[:take]) if self.parts.channels == 2 else a[:take]
                   for p, a in zip(tracks, audio, strict=True)]  # fmt: skip
         if self._joint is None:
             self.mix.write(np.sum(placed, axis=0, dtype=np.float32))
         for writer, one in zip(self.stem_writers, placed if self.parts.stems else [], strict=True):
             writer.write(one)
         self._written += take
+
+    def _place(self, part: Part, audio: np.ndarray) -> np.ndarray:
+        """A track's next samples, placed: this stretch of its automation, or its fixed placement."""
+        if part.automation is None:
+            return part.placement.place(audio)
+        return part.automation.place(audio, self._written)
 
 
 def _remove_if_empty(folder: Path) -> None:

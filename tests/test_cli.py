@@ -38,6 +38,7 @@ def test_inspect_json_is_stable_and_complete(complex_midi):
         "track": 7, "name": "", "channel": 7, "program": 30, "program_name": "Distortion Guitar",
         "is_drum": False, "notes": 484, "model_class": 29, "model_class_name": "Distorted Electric Guitar",
         "muted": False, "source_program": None, "pan": 88, "volume": 117, "expression": 127,
+        "pan_automated": False, "level_automated": True, "automation_events": 67,
         "stem": "07-guitar-distortion-guitar",
     }  # fmt: skip
     drums = [t for t in report["tracks"] if t["is_drum"]]

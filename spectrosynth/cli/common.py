@@ -226,7 +226,7 @@ ChannelsOpt = Annotated[
         "--channels",
         metavar="1|2",
         help="1: the model's mono render of the whole song. 2: stereo, each track rendered alone and placed "
-        "by its MIDI pan (CC10, constant power), volume (CC7) and expression (CC11) at its first note.",
+        "by its MIDI pan (CC10, constant power), volume (CC7) and expression (CC11), as they change.",
     ),
 ]
 LoudnessOpt = Annotated[
