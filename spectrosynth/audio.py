@@ -35,7 +35,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -227,6 +227,11 @@ class AudioWriter:
         )
         self._meter = None  # LoudnessMeter of the output-rate samples, with --loudness
         self._ended = False  # level() or close() has flushed the resampler
+        #: Called with every block of samples as soon as it is at the output rate, times the gain: what the
+        #: file gets unless the level changes it at the end (normalize, --loudness, --clip rescale), before
+        #: clipping and PCM quantisation. For hearing a render as it is made (spectrosynth.playback). It
+        #: must not modify the array, and must copy what it keeps.
+        self.monitor: Callable[[np.ndarray], None] | None = None
 
         self.summary: WriteSummary | None = None
         self._state = "open"  # open -> closed | aborted
@@ -439,11 +444,15 @@ class AudioWriter:
             self._raw_peak = max(self._raw_peak, peak)
             if self._meter is not None:
                 self._meter.feed(y)
+            if self.monitor is not None:
+                self.monitor(y * np.float32(self.gain) if self.gain != 1.0 else y)
             _write_all(self._scratch, memoryview(np.ascontiguousarray(y).reshape(-1)).cast("B"))
             return
         if self.gain != 1.0:
             y *= np.float32(self.gain)
             peak *= self.gain
+        if self.monitor is not None:
+            self.monitor(y)
         self._raw_peak = max(self._raw_peak, peak)
         self._emit(y, peak)
 

@@ -44,6 +44,7 @@ PACKAGES = (
     "onnxruntime",
     "typer",
     "safetensors",
+    "sounddevice",
 )
 OPTIONAL_PACKAGES = (
     "onnxruntime-gpu",
@@ -313,6 +314,31 @@ def probe_fluidsynth() -> dict[str, Any]:
     return {"loads": True}
 
 
+def probe_audio() -> dict[str, Any]:
+    """What `spectrosynth play` and `render --play` would play through: PortAudio (its version, or why it
+    cannot be loaded) and the audio outputs it lists (spectrosynth.playback)."""
+    from spectrosynth import playback
+    from spectrosynth.errors import PlaybackError
+
+    try:
+        version = playback.portaudio_version()
+    except PlaybackError as e:
+        return {"portaudio": None, "reason": str(e)}
+    report: dict[str, Any] = {"portaudio": version}
+    devices = guarded(playback.output_devices)
+    if isinstance(devices, dict):  # the listing failed: its error
+        report["outputs"] = devices
+        return report
+    report["outputs"] = [
+        {"index": d.index, "name": d.name, "hostapi": d.hostapi, "channels": d.channels,
+         "samplerate": d.samplerate, "default": d.default}
+        for d in devices
+    ]  # fmt: skip
+    if not devices:
+        report["hint"] = "no output device: no sound card, or no sound server (PulseAudio, PipeWire) running"
+    return report
+
+
 def _size(folder: Path) -> int:
     """Bytes of the files under `folder`, each counted once (a hub snapshot links into blobs/)."""
     total, seen = 0, set()
@@ -403,6 +429,7 @@ PROBES: dict[str, Callable[[], Any]] = {
     "onnxruntime": probe_onnxruntime,
     "packages": probe_packages,
     "fluidsynth": probe_fluidsynth,
+    "audio": probe_audio,
     "model": probe_model,
     "converted_cache": probe_converted_cache,
     "environment": probe_environment,
@@ -445,6 +472,7 @@ TITLES = {
     "onnxruntime": "onnxruntime (vocoder)",
     "packages": "packages",
     "fluidsynth": "FluidSynth (dataset --soundfont)",
+    "audio": "audio output (play, render --play)",
     "model": "published model in the Hugging Face cache",
     "converted_cache": "converted-weights cache",
     "environment": "environment",
@@ -479,6 +507,14 @@ def _rows(section: Any, literal: bool = False) -> list[tuple[str, str]]:
         return [("error", section["error"])]
     rows: list[tuple[str, str]] = []
     for key, value in section.items():
+        if key == "outputs" and isinstance(value, list):  # audio outputs: one line each
+            for out in value:
+                default = ", the default" if out["default"] else ""
+                where = f"{out['hostapi']}, {out['channels']} channels, {out['samplerate']:g} Hz{default}"
+                rows.append((f"output {out['index']}", f"{out['name']} ({where})"))
+            if not value:
+                rows.append(("outputs", "none"))
+            continue
         if key == "devices" and isinstance(value, list):
             for device in value:
                 if isinstance(device, dict) and "index" in device:

@@ -33,3 +33,8 @@ class RemapError(SpectrosynthError):
 
 class OutputError(SpectrosynthError):
     """An output path, format or level setting that cannot be used, or a file that could not be written."""
+
+
+class PlaybackError(SpectrosynthError):
+    """Audio cannot be played: no PortAudio library, no output device, or one that refuses the settings
+    (spectrosynth.playback)."""

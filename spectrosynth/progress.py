@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from spectrosynth.constants import SEGMENT_SECONDS
 
@@ -27,13 +28,22 @@ class RenderProgress:
     """Callable progress sink for one song. Use as a context manager around the render.
 
     Shows segments and diffusion steps, elapsed time, the estimated time left and the speed as a multiple of
-    real time (seconds of audio made per second of work).
+    real time (seconds of audio made per second of work). With `playback` (a playback.Player, for
+    `render --play` and `play`), also what is playing: "buffering, plays in ~0:12", "playing 0:07/0:41",
+    live in the bar, in each line otherwise.
     """
 
     def __init__(
-        self, label: str, segments: int, steps: int, quiet: bool = False, stream: TextIO | None = None
+        self,
+        label: str,
+        segments: int,
+        steps: int,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        playback: Playback | None = None,
     ):
         self.label, self.segments, self.steps, self.quiet = label, segments, steps, quiet
+        self.playback = playback
         self.stream = stream if stream is not None else sys.stderr
         self._start = time.monotonic()
         self._bar = None
@@ -48,6 +58,7 @@ class RenderProgress:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            playing = [] if self.playback is None else [_status_column(self.playback.status)]
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -56,6 +67,7 @@ class RenderProgress:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[speed]}"),
+                *playing,
                 console=Console(file=self.stream),
                 transient=False,
             )
@@ -92,12 +104,31 @@ class RenderProgress:
             self._last_segment = p.segment
             elapsed = time.monotonic() - self._start
             eta = elapsed * (1 - p.fraction) / p.fraction if p.fraction > 0 else 0.0
+            playing = "" if self.playback is None else f", {self.playback.status()}"
             print(
                 f"{self.label}: segment {p.segment + 1}/{p.segments} ({p.fraction:.0%}), "
-                f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}, {speed}",
+                f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}, {speed}{playing}",
                 file=self.stream,
                 flush=True,
             )
+
+
+class Playback(Protocol):
+    """What RenderProgress shows of a playback: spectrosynth.playback.Player."""
+
+    def status(self) -> str: ...
+
+
+def _status_column(status: Callable[[], str]):
+    """A rich progress column showing `status()` at every refresh (the playhead moves between steps)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class StatusColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(status())
+
+    return StatusColumn()
 
 
 class _Live:
