@@ -430,47 +430,56 @@ def decide(data: dict) -> dict:
 
 
 def plot_trend(data: dict, path: Path) -> None:
-    """Each setting's mel-L1 gap to the recipe against the recipe's own mel L1, one line per setting, one
-    panel per song set: which way each gap moves as the network gets better (right to left)."""
+    """Each setting's mel-L1 gap to the recipe against the recipe's own mel L1, one line per setting (one
+    point per checkpoint): which way each gap moves as the network gets better (to the right). Columns: the
+    two song sets; rows: the deterministic solvers (UniPC) and the stochastic ones (SDE-DPM-Solver++)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = trend_rows(data)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9.5), sharex="col")
     names = [s.name for s in settings("trend")[1:] if s.name != DEFAULT_SEED1.name]
-    cmap = plt.get_cmap("tab20")
-    for ax, name in zip(axes, SETS, strict=True):
-        for i, setting in enumerate(names):
-            xs, ys, steps = [], [], []
-            for step, model in rows:
-                results = {r["name"]: r for r in model["results"][name]}
-                if RECIPE.name in results and setting in results:
-                    xs.append(results[RECIPE.name]["mel_l1"])
-                    ys.append(results[setting]["mel_l1_vs_recipe"])
-                    steps.append(step)
-            if not xs:
-                continue
-            style = "--" if "dpmpp-2m-sde" in setting else "-"
-            ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i % 20), label=setting, lw=1.2)
-            ax.annotate(
-                f"{steps[-1]}", (xs[-1], ys[-1]), fontsize=6, xytext=(2, 2), textcoords="offset points"
-            )
-        ax.axhline(0, color="black", lw=0.8)
-        ax.axvline(2.0, color="grey", ls=":", lw=1)
-        ax.invert_xaxis()
-        ax.set_xlabel("the recipe's own mel L1 to the ground truth (the network gets better to the right)")
-        ax.set_title({"train": "songs it trained on (in-distribution)", "heldout": "held-out songs"}[name])
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mel L1 gap to the authors' recipe (setting - recipe)")
-    axes[1].legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("The measuring model along its training: each setting's gap to the recipe, one point per "
-                 "checkpoint (EMA weights; the last point is labelled with its step). Dotted: the bar (2).",
+    families = (("deterministic: unipc", [n for n in names if n.startswith("unipc")]),
+                ("stochastic: dpmpp-2m-sde", [n for n in names if n.startswith("dpmpp-2m-sde")]))  # fmt: skip
+    for col, name in enumerate(SETS):
+        for row, (family, members) in enumerate(families):
+            ax = axes[row, col]
+            cmap = plt.get_cmap("tab10")
+            for i, setting in enumerate(members):
+                xs, ys, steps = [], [], []
+                for step, model in rows:
+                    results = {r["name"]: r for r in model["results"][name]}
+                    if RECIPE.name in results and setting in results:
+                        xs.append(results[RECIPE.name]["mel_l1"])
+                        ys.append(results[setting]["mel_l1_vs_recipe"])
+                        steps.append(step)
+                if not xs:
+                    continue
+                precision = "bfloat16" in setting or "int8" in setting
+                style = ":" if precision else ("--" if "threshold" in setting or "start" in setting else "-")
+                ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i % 10), label=setting, lw=1.3)
+                ax.annotate(
+                    str(steps[-1]), (xs[-1], ys[-1]), fontsize=6, xytext=(3, 2), textcoords="offset points"
+                )
+            ax.axhline(0, color="black", lw=0.8)
+            ax.axvline(2.0, color="grey", ls=":", lw=1)
+            ax.grid(alpha=0.3)
+            title = {"train": "songs it trained on (in-distribution)", "heldout": "held-out songs"}[name]
+            ax.set_title(f"{title}: {family}", fontsize=9)
+            if col == 0:
+                ax.set_ylabel("mel L1 gap to the recipe (setting - recipe)")
+            if col == 1:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes[1, col].set_xlabel("the recipe's own mel L1 to the ground truth (right: a better network)")
+        axes[1, col].invert_xaxis()
+    fig.suptitle("The measuring model along its training: each setting's mel-L1 gap to the authors' recipe, "
+                 "one point per checkpoint (EMA weights), the last labelled with its step; dotted: the bar",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
