@@ -429,6 +429,57 @@ def decide(data: dict) -> dict:
     return decision
 
 
+def report(data: dict) -> str:
+    """Markdown tables for docs/quality.md: the recipe along training, the core settings of every model, and
+    the best model's sweep on both sets with the rule's verdicts."""
+
+    def f(v, digits=2):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    header = "| step | train: mel L1 | train: note F1 | held-out: mel L1 | held-out: note F1 |"
+    lines = ["### The recipe along training (EMA weights)", "", header, "|---|---|---|---|---|"]
+    for step, model in trend_rows(data):
+        cells = []
+        for name in SETS:
+            r = next((x for x in model["results"][name] if x["name"] == RECIPE.name), None)
+            cells += [f(r and r["mel_l1"]), f(r and r["note_f1"], 3)]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines += ["", "### Every model, core settings (mel L1, train / held-out)", "",
+              "| model | " + " | ".join(s.name for s in settings("core") if s != DEFAULT_SEED1) + " |",
+              "|---|" + "---|" * (len(settings("core")) - 1)]  # fmt: skip
+    for label, model in sorted(data["models"].items(), key=lambda kv: (kv[1].get("step") or 0, kv[0])):
+        cells = []
+        for s in settings("core"):
+            if s == DEFAULT_SEED1:
+                continue
+            pair = [
+                next((x["mel_l1"] for x in model["results"][n] if x["name"] == s.name), None) for n in SETS
+            ]
+            cells.append(" / ".join(f(v) for v in pair))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    best = best_model(data)
+    verdicts = eligibility(data, best)
+    for name in SETS:
+        title = {"train": "songs it trained on", "heldout": "held-out songs"}[name]
+        lines += ["", f"### {best}, {title} (ground truth through Griffin-Lim: note F1 "
+                  f"{f(data['truth'][name]['note_f1'], 3)})", "",
+                  "| setting | passes | s/segment | mel L1 | gap ± noise | note F1 | F1 gap ± noise | seam | "
+                  "floor | ceiling | holds up | gap grew | eligible |", "|---|" + "---|" * 12]  # fmt: skip
+        for r in data["models"][best]["results"][name]:
+            v = verdicts.get(r["name"], {})
+            here = v.get("sets", {}).get(name, {})
+            lines.append(
+                f"| {r['name']} | {r['passes']} | {f(r['seconds_per_segment'])} | {f(r['mel_l1'])} | "
+                f"{r['mel_l1_vs_recipe']:+.2f} ± {r['mel_l1_noise']:.2f} | {f(r['note_f1'], 3)} | "
+                f"{-r['note_f1_vs_recipe']:+.3f} ± {r['note_f1_noise']:.3f} | {f(r['seam'])} | "
+                f"{100 * r['floor']:.0f} % | {100 * r['ceiling']:.0f} % | "
+                f"{'yes' if here.get('holds_up') else 'no'} | "
+                f"{ {True: 'yes', False: 'no', None: '-'}[here.get('gap_grew')] } | "
+                f"{'**yes**' if v.get('eligible') else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def plot_trend(data: dict, path: Path) -> None:
     """Each setting's mel-L1 gap to the recipe against the recipe's own mel L1, one line per setting (one
     point per checkpoint): which way each gap moves as the network gets better (to the right). Columns: the
@@ -540,6 +591,7 @@ def main() -> None:
     parser.add_argument(
         "--decide", action="store_true", help="apply the rule to --out's results and print it"
     )
+    parser.add_argument("--report", action="store_true", help="print --out's results as markdown tables")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/images/quality-trend.png")
     parser.add_argument("--pictures-out", type=Path, default=ROOT / "docs/images/spectrograms.png")
@@ -550,6 +602,12 @@ def main() -> None:
         return
     if args.decide:
         print(json.dumps(decide(load_results(args.out)), indent=1))
+        return
+    if args.report:
+        print(report(load_results(args.out)))
+        return
+    if args.report:
+        print(report(load_results(args.out)))
         return
     if args.model is None:
         if args.step is None:
