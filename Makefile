@@ -98,7 +98,8 @@ demo:
 # and the spectrograms. Many hours on a CPU; run again to resume. MEASURE_STEPS more than before trains on.
 MEASURE_STEPS ?= 16000
 quality:
-	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/measuring_model.py --steps $(MEASURE_STEPS) & \
+	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/measuring_model.py --steps $(MEASURE_STEPS) \
+	  --keep $$(($(MEASURE_STEPS) * 3 / 4)) & \
 	  taskset -c 1 bench/trend_driver.sh 250 500 1000 2000 4000 8000 16000; wait
 	$(BIN)/python bench/measuring_model.py --cooldown-from $$(($(MEASURE_STEPS) * 3 / 4)) --steps $(MEASURE_STEPS)
 	$(BIN)/python bench/quality_sweep.py --run build/measure/cooldown-$(MEASURE_STEPS) --run-name cooldown \

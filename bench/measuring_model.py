@@ -1,6 +1,6 @@
 """The measuring model: a small network trained here from scratch, so that quality can be measured.
 
-    .venv/bin/python bench/measuring_model.py --steps 16000            # train (resumes; more steps trains on)
+    .venv/bin/python bench/measuring_model.py --steps 16000 --keep 12000   # train (resumes)
     .venv/bin/python bench/measuring_model.py --cooldown-from 12000 --steps 16000   # the cool-down branch
     .venv/bin/python bench/measuring_model.py --figures                # the loss plot and metrics only
 
@@ -31,6 +31,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +54,24 @@ def dataset(data: Path) -> None:
     run("dataset", midi, str(data), "--soundfont", "builtin", "--holdout", "0.2", "--save-audio", "--jobs=2")
 
 
+def keep(out: Path, folder: Path, steps: list[int]) -> threading.Thread:
+    """A thread copying the main run's checkpoints at `steps` into `folder` as they appear (the run keeps
+    only its last three and the doublings): the cool-down branch starts from one of them."""
+
+    def watch() -> None:
+        for step in steps:
+            name = f"step-{step:08d}"
+            while not (out / "checkpoints" / name / "state.json").is_file() and not (folder / name).is_dir():
+                time.sleep(10)
+            if not (folder / name).is_dir():
+                shutil.copytree(out / "checkpoints" / name, folder / f".{name}.tmp")
+                (folder / f".{name}.tmp").rename(folder / name)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def train(data: Path, out: Path, steps: int) -> None:
     common = ["--max-steps", str(steps)]
     if (out / "run.json").exists():
@@ -69,9 +89,9 @@ def cooldown(data: Path, main: Path, branch: Path, start: int, steps: int) -> No
     if not (branch / "run.json").exists():
         source = main / "checkpoints" / f"step-{start:08d}"
         if not source.is_dir():
-            sys.exit(
-                f"{source} is not there: the main run keeps {sorted(p.name for p in source.parent.iterdir())}"
-            )
+            source = main.parent / "keep" / source.name  # copied there by --keep
+        if not source.is_dir():
+            sys.exit(f"checkpoint {start} is not kept: train the main run with --keep {start} to keep it")
         (branch / "checkpoints").mkdir(parents=True)
         shutil.copytree(source, branch / "checkpoints" / source.name)
         shutil.copyfile(main / "run.json", branch / "run.json")
@@ -110,6 +130,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--cooldown-from", type=int, metavar="S0", help="the cool-down branch from step S0")
     parser.add_argument("--figures", action="store_true", help="the loss plot and metrics only")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="STEP",
+        help="while training, copy these checkpoints to WORK/keep (a cool-down's start)",
+    )
     args = parser.parse_args()
     data, out = args.work / "data", args.work / "run"
     if args.figures:
@@ -119,7 +147,10 @@ def main() -> None:
     if args.cooldown_from is not None:
         cooldown(data, out, args.work / f"cooldown-{args.steps}", args.cooldown_from, args.steps)
         return
+    keeper = keep(out, args.work / "keep", args.keep) if args.keep else None
     train(data, out, args.steps)
+    if keeper is not None:
+        keeper.join(timeout=120)
     figures(out)
 
 
