@@ -207,6 +207,9 @@ def test_a_constant_run_switched_to_wsd_on_resume_equals_wsd_from_the_start(data
     rates = [float(r["lr"]) for r in csv.DictReader((switched / "metrics.csv").open()) if r["lr"]]
     # each row logs the rate of the step after it: 1 up to the decay's first step (5), then 1 - sqrt
     assert rates == pytest.approx([3e-3] * 4 + [3e-3 * (1 - math.sqrt(k / 4)) for k in (1, 2, 3)] + [0.0])
+    # the switch is recorded: the next --resume goes on with the cool-down, not the constant rate
+    again = resumed_options(switched)
+    assert (again.lr_schedule, again.cooldown, again.max_steps) == ("wsd", 4.0, 8)
 
 
 def test_a_switch_that_moves_the_rate_says_so(dataset, tmp_path):

@@ -307,6 +307,19 @@ def _new_run(o: TrainOptions) -> None:
         )
 
 
+def _keep_schedule(out: Path, o: TrainOptions) -> None:
+    """A resume that switched the schedule (TrainOptions.RESCHEDULE) records it, with the --max-steps it
+    ends at, in run.json, so that the next --resume continues the new schedule rather than the old one."""
+    run_file = out / RUN_FILE
+    stored = json.loads(run_file.read_text(encoding="utf-8"))
+    if all(stored.get(k) == getattr(o, k) for k in TrainOptions.RESCHEDULE):
+        return
+    stored.update({k: getattr(o, k) for k in (*TrainOptions.RESCHEDULE, "max_steps")})
+    part = run_file.with_name(f".{RUN_FILE}.tmp")
+    part.write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
+    os.replace(part, run_file)
+
+
 def resumed_options(out_dir: str | os.PathLike[str], **changes: Any) -> TrainOptions:
     """The options of the run in `out_dir`, with `changes`: the data folder, the device, and the options
     that do not change what is computed (TrainOptions.RUN_CONTROL); any other change is an error."""
@@ -448,6 +461,8 @@ def _train(o, dist, device, recipe, max_steps, resume_from, tell) -> TrainResult
                     + ")",
                 )
             )
+        if dist.main:
+            _keep_schedule(out, o)
         if ema is not None:
             averaged = ckpt.load_ema(resume_from)
             if averaged is None:
