@@ -95,17 +95,22 @@ demo:
 
 # The measuring model (docs/quality.md): a small network trained from scratch on 55 tunes, with every
 # doubling checkpoint swept on two song sets (the trend) beside it, one core each; then the cool-down branch
-# and the spectrograms. Many hours on a CPU; run again to resume. MEASURE_STEPS more than before trains on.
-MEASURE_STEPS ?= 16000
+# from COOLDOWN_FROM, the raw weights, the figures. Many hours on a CPU; run again to resume (settings
+# measured before are kept). MEASURE_STEPS more than before trains on.
+MEASURE_STEPS ?= 14000
+COOLDOWN_FROM ?= 11750
 quality:
 	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/measuring_model.py --steps $(MEASURE_STEPS) \
-	  --keep $$(($(MEASURE_STEPS) * 3 / 4)) & \
-	  taskset -c 1 bench/trend_driver.sh 250 500 1000 2000 4000 8000 16000; wait
-	$(BIN)/python bench/measuring_model.py --cooldown-from $$(($(MEASURE_STEPS) * 3 / 4)) --steps $(MEASURE_STEPS)
-	$(BIN)/python bench/quality_sweep.py --run build/measure/cooldown-$(MEASURE_STEPS) --run-name cooldown \
-	  --step $(MEASURE_STEPS) --settings trend
-	$(BIN)/python bench/quality_sweep.py --step $(MEASURE_STEPS) --weights raw --settings core
+	  --keep $(COOLDOWN_FROM) & \
+	  taskset -c 1 bench/trend_driver.sh 250 1000 2000 4000 $(MEASURE_STEPS); wait
+	OMP_NUM_THREADS=1 $(BIN)/python bench/measuring_model.py --cooldown-from $(COOLDOWN_FROM) --steps $(MEASURE_STEPS)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/quality_sweep.py --run build/measure/cooldown-$(MEASURE_STEPS) \
+	  --run-name cooldown --step $(MEASURE_STEPS) --settings core
+	OMP_NUM_THREADS=1 $(BIN)/python bench/quality_sweep.py --step $(MEASURE_STEPS) --weights raw --settings core
+	OMP_NUM_THREADS=1 $(BIN)/python bench/quality_sweep.py --step $(MEASURE_STEPS) --pictures
+	$(BIN)/python bench/measuring_model.py --figures
 	$(BIN)/python bench/quality_sweep.py --plot-only
+	$(BIN)/python bench/quality_sweep.py --decide
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

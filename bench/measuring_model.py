@@ -1,7 +1,7 @@
 """The measuring model: a small network trained here from scratch, so that quality can be measured.
 
-    .venv/bin/python bench/measuring_model.py --steps 16000 --keep 12000   # train (resumes)
-    .venv/bin/python bench/measuring_model.py --cooldown-from 12000 --steps 16000   # the cool-down branch
+    .venv/bin/python bench/measuring_model.py --steps 14000 --keep 11750   # train (resumes)
+    .venv/bin/python bench/measuring_model.py --cooldown-from 11750 --steps 14000   # the cool-down branch
     .venv/bin/python bench/measuring_model.py --figures                # the loss plot and metrics only
 
 Every quality decision (sampler, steps, guidance, precision) needs a network that renders music, and the
@@ -117,17 +117,73 @@ def figures(out: Path) -> None:
         "val_loss_raw_last": vals[-1].get("val_loss_raw"),
         "val_loss_best": min(r["val_loss"] for r in vals),
     }
-    print(json.dumps(summary, indent=2))
     title = "measuring model: mini from scratch on 55 Nottingham tunes (bfloat16, one core)"
     plot_losses(out / "metrics.csv", ROOT / "docs/images/measuring-model-loss.png", title)
     shutil.copyfile(out / "metrics.csv", ROOT / "bench/results/measuring_model_metrics.csv")
+    branches = sorted(out.parent.glob("cooldown-*"), key=lambda p: int(p.name.split("-")[1]))
+    if branches:
+        branch = branches[-1]
+        cut = [r for r in read_metrics(branch / "metrics.csv") if "val_loss" in r]
+        summary["cooldown"] = {
+            "from_step": cooldown_start(read_metrics(branch / "metrics.csv")),
+            "steps": int(cut[-1]["step"]),
+            "val_loss": cut[-1]["val_loss"],
+            "val_loss_raw": cut[-1].get("val_loss_raw"),
+        }
+        shutil.copyfile(branch / "metrics.csv", ROOT / "bench/results/measuring_model_cooldown_metrics.csv")
+        plot_cooldown(
+            rows, read_metrics(branch / "metrics.csv"), ROOT / "docs/images/measuring-model-cooldown.png"
+        )
+    print(json.dumps(summary, indent=2))
     (ROOT / "bench/results/measuring_model.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def cooldown_start(rows: list[dict]) -> int:
+    """The last step logged at the constant rate: where the branch's decay began."""
+    peak = max(r["lr"] for r in rows if "lr" in r)
+    return int(max(r["step"] for r in rows if r.get("lr", 0) >= peak * (1 - 1e-6)))
+
+
+def plot_cooldown(main_rows: list[dict], branch_rows: list[dict], png: Path) -> None:
+    """Validation loss over the cool-down's stretch: the main run (constant rate) against its cool-down
+    branch, each with its weight average (EMA) and its raw weights; and the learning rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = cooldown_start(branch_rows) - 4 * EVERY
+    end = max(int(r["step"]) for r in branch_rows)
+
+    def series(rows, key):
+        return zip(
+            *[(r["step"], r[key]) for r in rows if key in r and start <= r["step"] <= end], strict=True
+        )
+
+    fig, (ax, lr) = plt.subplots(2, 1, figsize=(7, 5), dpi=120, sharex=True, height_ratios=(3, 1))
+    for rows, name, colour in ((main_rows, "constant rate", "C0"), (branch_rows, "cool-down", "C3")):
+        ax.plot(*series(rows, "val_loss"), "o-", color=colour, ms=3, label=f"{name}: EMA weights")
+        ax.plot(
+            *series(rows, "val_loss_raw"), "s--", color=colour, ms=2, lw=0.8, label=f"{name}: raw weights"
+        )
+        lr.plot(*series(rows, "lr"), color=colour, lw=1.2, label=name)
+    ax.set_ylabel("validation loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("measuring model: the last steps with and without a cool-down (validation every 250 steps)",
+                 fontsize=9)  # fmt: skip
+    lr.set_ylabel("learning rate")
+    lr.set_xlabel("step")
+    lr.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build/measure")
-    parser.add_argument("--steps", type=int, default=16000)
+    parser.add_argument("--steps", type=int, default=14000)
     parser.add_argument("--cooldown-from", type=int, metavar="S0", help="the cool-down branch from step S0")
     parser.add_argument("--figures", action="store_true", help="the loss plot and metrics only")
     parser.add_argument(

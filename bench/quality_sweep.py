@@ -264,6 +264,20 @@ def save_results(path: Path, data: dict) -> None:
     part.replace(path)
 
 
+def merge_results(path: Path, label: str, entry: dict, extra: dict) -> None:
+    """Write one model's entry into the results file, read again under a lock, so that sweeps of other
+    models running at the same time (one per core) keep theirs."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load_results(path)
+        data["models"][label] = entry
+        data.update(extra)
+        save_results(path, data)
+
+
 def sweep(model: Path, label: str, meta: dict, args) -> None:
     from spectrosynth.griffin_lim import GriffinLimVocoder
 
@@ -294,8 +308,8 @@ def sweep(model: Path, label: str, meta: dict, args) -> None:
             else:
                 results.append(result)
             compare(results)
-            data["cpu"], data["torch"] = cpu_flags(), _torch_version()
-            save_results(args.out, data)
+            shared = {k: data[k] for k in ("songs", "segments_per_song", "truth")}
+            merge_results(args.out, label, entry, {**shared, "cpu": cpu_flags(), "torch": _torch_version()})
             shown = {k: "-" if v is None else f"{v:.3f}" for k, v in means.items()}
             print(f"{label} {name:7s} {s.name:42s} passes {passes:5d} {seconds:6.2f} s/seg  mel L1 "
                   f"{shown['mel_l1']}  F1 {shown['note_f1']}  seam {shown['seam']}  floor {shown['floor']}  "
@@ -602,9 +616,6 @@ def main() -> None:
         return
     if args.decide:
         print(json.dumps(decide(load_results(args.out)), indent=1))
-        return
-    if args.report:
-        print(report(load_results(args.out)))
         return
     if args.report:
         print(report(load_results(args.out)))
