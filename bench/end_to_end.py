@@ -2,6 +2,7 @@
 diffusers' default, side by side in one run (docs/performance.md).
 
     .venv/bin/python bench/end_to_end.py --checkpoint /tmp/spectrosynth-base-soundstream
+    .venv/bin/python bench/end_to_end.py --size small     # the authors' small sizes (bench/small_vs_base.py)
 
 Each run is `spectrosynth render` in its own process on the first --seconds (30) of a real multi-track MIDI
 file (example_complex.mid: 18 tracks with drums) with the random checkpoint in the published base sizes and
@@ -85,19 +86,34 @@ def light_vocoder_twin(checkpoint: Path) -> Path:
     return twin
 
 
+def ensure_checkpoint(checkpoint: Path, size: str) -> Path:
+    """The random checkpoint of `size` with the SoundStream-decoder vocoder stand-in, written once."""
+    if not (checkpoint / "model_index.json").exists():
+        from spectrosynth.testing import write_checkpoint
+
+        write_checkpoint(checkpoint, size, weights_format="safetensors", vocoder="soundstream")
+    return checkpoint
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--checkpoint", type=Path, default=Path(tempfile.gettempdir()) / "spectrosynth-base-soundstream"
+        "--size",
+        choices=["tiny", "mini", "small", "base"],
+        default="base",
+        help="the random checkpoint's sizes (spectrosynth.presets.SIZES): base, the published model's; "
+        "small, the authors' small_with_context",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="default: /tmp/spectrosynth-SIZE-soundstream"
     )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--skip-recipe", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/end_to_end.json")
     args = parser.parse_args()
-    if not (args.checkpoint / "model_index.json").exists():
-        from spectrosynth.testing import write_checkpoint
-
-        write_checkpoint(args.checkpoint, "base", weights_format="safetensors", vocoder="soundstream")
+    if args.checkpoint is None:
+        args.checkpoint = Path(tempfile.gettempdir()) / f"spectrosynth-{args.size}-soundstream"
+    ensure_checkpoint(args.checkpoint, args.size)
     import torch
 
     results = []
@@ -133,7 +149,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "song": SONG.name,
         "seconds": args.seconds,
-        "checkpoint": "random, published base sizes; SoundStream-decoder vocoder stand-in, 14.9 M parameters",
+        "checkpoint": f"random, {args.size} sizes; SoundStream-decoder vocoder stand-in, 14.9 M parameters",
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,3 +46,7 @@ DEFAULT_GUIDANCE = 2.0  # classifier-free guidance weight of the authors' demo; 
 # "griffin-lim" needs none (spectrosynth.griffin_lim; much lower quality, for models trained without one).
 VOCODERS = ("model", "griffin-lim")
 DEFAULT_VOCODER = "model"
+
+# The segment cache's bound (spectrosynth.segment_cache, render --cache-size): about 15 000 segments of
+# 133 KiB, some 22 hours of mono audio.
+DEFAULT_CACHE_SIZE = "2G"

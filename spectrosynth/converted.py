@@ -76,6 +76,16 @@ def _source(folder: Path, component: str) -> dict[str, object]:
     }
 
 
+def model_fingerprint(folder: str | os.PathLike[str]) -> dict[str, object]:
+    """What names a model's files, as the converted copies check them: each network's weights file
+    (resolved path, size, modification time) and config hash, and the scheduler's config hash (the
+    `diffusers` sampler reads its schedule). The segment cache (spectrosynth.segment_cache) keys on it."""
+    folder = Path(folder)
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    schedule = hashlib.sha256(scheduler.read_bytes()).hexdigest() if scheduler.exists() else None
+    return {"networks": {c: _source(folder, c) for c in COMPONENTS}, "scheduler_sha256": schedule}
+
+
 def _fingerprint(folder: Path, precision: str) -> dict[str, object]:
     return {
         "format": FORMAT,

@@ -27,6 +27,7 @@ ENVIRONMENT = (
     "SPECTROSYNTH_CACHE",
     "SPECTROSYNTH_CPU_DTYPE",
     "SPECTROSYNTH_DEBUG",
+    "SPECTROSYNTH_SMALL_URL",
     "XDG_CACHE_HOME",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -390,6 +391,33 @@ def probe_model() -> dict[str, Any]:
     return report
 
 
+def probe_small_model() -> dict[str, Any]:
+    """The authors' small model in spectrosynth's cache (spectrosynth.small_model, `--model small`): its zip
+    (complete, or a partial download), the converted folder and whether it has a vocoder. Looks only."""
+    from spectrosynth import small_model, weights
+    from spectrosynth.errors import SpectrosynthError
+
+    report: dict[str, Any] = {"url": small_model.url()}
+    try:
+        home = small_model.models_dir()
+    except SpectrosynthError:  # SPECTROSYNTH_CACHE=off: nowhere to keep it
+        return {**report, "enabled": False}
+    archive, part, model = small_model.zip_path(), home / f"{small_model.NAME}.zip.part", small_model.folder()
+    report["zip"] = str(archive)
+    report["zip_cached"] = archive.is_file()
+    report["zip_mb"] = round(archive.stat().st_size / 1e6, 1) if archive.is_file() else None
+    if part.is_file():
+        report["partial_download_mb"] = round(part.stat().st_size / 1e6, 1)
+    report["converted"] = small_model.is_converted()
+    report["folder"] = str(model)
+    if report["converted"]:
+        report["vocoder"] = (model / weights.MELGAN).is_file()
+        report["size_gb"] = round(_size(model) / 1e9, 3)
+    else:
+        report["hint"] = "run `spectrosynth download small`, or the first render with --model small does it"
+    return report
+
+
 def probe_converted_cache() -> dict[str, Any]:
     """spectrosynth's cache of converted weights (spectrosynth.converted)."""
     from spectrosynth import converted
@@ -412,6 +440,25 @@ def probe_converted_cache() -> dict[str, Any]:
     }
 
 
+def probe_segment_cache() -> dict[str, Any]:
+    """spectrosynth's cache of rendered segments (spectrosynth.segment_cache): folder, entries, size. The
+    bound is each render's --cache-size (default DEFAULT_SIZE)."""
+    from spectrosynth import segment_cache
+
+    root = segment_cache.cache_root()
+    if root is None:
+        return {"enabled": False, "folder": None}
+    entries, size = segment_cache.SegmentCache(root).usage() if root.is_dir() else (0, 0)
+    return {
+        "enabled": True,
+        "folder": str(root),
+        "exists": root.is_dir(),
+        "entries": entries,
+        "size_mb": round(size / 1e6, 1),
+        "default_bound": segment_cache.DEFAULT_SIZE,
+    }
+
+
 def probe_environment() -> dict[str, Any]:
     return {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
 
@@ -431,7 +478,9 @@ PROBES: dict[str, Callable[[], Any]] = {
     "fluidsynth": probe_fluidsynth,
     "audio": probe_audio,
     "model": probe_model,
+    "small_model": probe_small_model,
     "converted_cache": probe_converted_cache,
+    "segment_cache": probe_segment_cache,
     "environment": probe_environment,
 }
 
@@ -474,7 +523,9 @@ TITLES = {
     "fluidsynth": "FluidSynth (dataset --soundfont)",
     "audio": "audio output (play, render --play)",
     "model": "published model in the Hugging Face cache",
+    "small_model": "the authors' small model (--model small) in spectrosynth's cache",
     "converted_cache": "converted-weights cache",
+    "segment_cache": "rendered-segments cache (render --cache-size)",
     "environment": "environment",
 }
 

@@ -60,6 +60,7 @@ from spectrosynth.vocoder import StreamingVocoder, Vocoder, load_vocoder
 
 if TYPE_CHECKING:
     from spectrosynth.remap import Remap
+    from spectrosynth.segment_cache import CacheUse, SegmentCache
 
 # Precisions by name -> the torch dtype the networks compute in (int8's quantized products take float32).
 DTYPES = {
@@ -87,12 +88,15 @@ def scale_to_log_mel(features: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a render is: `step` of `steps` diffusion steps done in segment `segment` of `segments`."""
+    """Where a render is: `step` of `steps` diffusion steps done in segment `segment` of `segments`.
+    `cached`: this advance came from the segment cache (spectrosynth.segment_cache), not from sampling, so
+    it says nothing about the sampling speed."""
 
     segment: int
     segments: int
     step: int
     steps: int
+    cached: bool = False
 
     @property
     def fraction(self) -> float:
@@ -241,6 +245,9 @@ class Synthesizer:
         self.precision = "int8" if int8 else str(dtype).removeprefix("torch.")
         self.schedule = schedule
         self.vocoder = vocoder
+        # What names the model's files (converted.model_fingerprint), set by from_pretrained: the segment
+        # cache keys on it, and keeps nothing for a Synthesizer made from networks directly (None).
+        self.model_fingerprint: dict | None = None
 
     @classmethod
     def from_pretrained(
@@ -291,6 +298,7 @@ class Synthesizer:
         if fresh and dev.type == "cpu":
             held = {"notes_encoder": synth.notes_encoder, "continuous_encoder": synth.context_encoder}
             converted.save(folder, precision, {**held, "decoder": synth.decoder})
+        synth.model_fingerprint = converted.model_fingerprint(folder)
         return synth
 
     def sampler(self, name: str, steps: int | None, guidance: float) -> tuple[Sampler, int]:
@@ -308,6 +316,7 @@ class Synthesizer:
         sampler: str = DEFAULT_SAMPLER,
         guidance: float = DEFAULT_GUIDANCE,
         guidance_interval: IntervalLike = None,
+        cache: SegmentCache | None = None,
     ) -> Iterator[np.ndarray]:
         """Token segments (unpadded) -> each segment's log-mel spectrogram (256, 128), float32, in order.
 
@@ -316,14 +325,97 @@ class Synthesizer:
         decoder pass per step; otherwise two); guidance_interval: guide only the steps whose log-SNR lies in
         [lo, hi] ('LO,HI', (lo, hi) or a GuidanceInterval; None: every step), one pass for the others. The
         noise comes from a CPU generator seeded with `seed` (or the given `generator`): the starting noise of
-        each segment, then one draw per step that adds noise.
+        each segment, then one draw per step that adds noise. cache: a SegmentCache to take segments from
+        and keep them in (see iter_parts): the same spectrograms, fewer sampled.
         """
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-        for _, _, mel in self.iter_mel_batch(
+        for mels in self.iter_parts(
             [segments], steps, generators=[gen], callback=callback, sampler=sampler, guidance=guidance,
-            guidance_interval=guidance_interval,
+            guidance_interval=guidance_interval, cache=cache,
         ):  # fmt: skip
-            yield mel
+            yield mels[0]
+
+    def iter_parts(
+        self,
+        parts: list[list[list[int]]],
+        steps: int | None = None,
+        seed: int = 0,
+        generators: list[torch.Generator] | None = None,
+        callback: ProgressCallback | None = None,
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        guidance: float = DEFAULT_GUIDANCE,
+        guidance_interval: IntervalLike = None,
+        sampler_options: dict | None = None,
+        cache: SegmentCache | None = None,
+        use: CacheUse | None = None,
+    ) -> Iterator[list[np.ndarray]]:
+        """The parts of one song (its token segments, and those of each track alone: as many segments each),
+        segment by segment: yields segment k's log-mel (256, 128) of every part, in `parts` order.
+
+        Each part is sampled alone, in its own call, never as a row of a batch beside the other parts:
+        batched matrix products round differently from single rows, so what a part gets must not depend on
+        which other parts are sampled with it, or which of them the cache had. A part alone is thus exactly
+        what a render of it alone gives. Each part draws its noise from its own generator (`generators`, or
+        one seeded with `seed` each).
+
+        cache: a SegmentCache (spectrosynth.segment_cache). A segment whose key (the model, precision,
+        device, sampler settings, the generator's starting state and the tokens of the part's segments up
+        to it) is there is taken from it, with the generator's state after it; the others are sampled and
+        kept. The result is the same bytes as without the cache. `use` (a CacheUse) is filled with which
+        segments came from the cache. Progress: step counts every part's steps in the segment (steps x
+        parts), a cached part's at once (`Progress.cached`).
+        """
+        from spectrosynth.segment_cache import CacheUse, chain_keys, render_identity
+
+        _, steps = self.sampler(sampler, steps, guidance)
+        if generators is None:
+            generators = [torch.Generator().manual_seed(seed) for _ in parts]
+        if len(generators) != len(parts):
+            raise ValueError("one generator per part")
+        total = len(parts[0]) if parts else 0
+        if any(len(p) != total for p in parts):
+            raise ValueError("every part of a song has as many segments")
+        options = {"sampler": sampler, "steps": steps, "guidance": guidance,
+                   "guidance_interval": guidance_interval, "sampler_options": sampler_options}  # fmt: skip
+        identity = None
+        if cache is not None:
+            identity = render_identity(self, **options)
+        keys = [None] * len(parts)
+        if identity is not None:
+            starts = [g.get_state().numpy().tobytes() for g in generators]
+            keys = [chain_keys(identity, s, p) for s, p in zip(starts, parts, strict=True)]
+        use = use if use is not None else CacheUse()
+        use.reused = [[] for _ in parts]
+        films = FilmCache(self.decoder, self.device)  # the same for every segment and part: computed once
+        contexts: list[np.ndarray | None] = [None] * len(parts)
+        work = steps * len(parts)
+        for k in range(total):
+            mels = []
+            for b, part in enumerate(parts):
+                done = b * steps
+                entry = cache.get(keys[b][k]) if keys[b] is not None else None
+                if entry is not None:
+                    mel, state = entry
+                    generators[b].set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+                    if callback is not None:
+                        callback(Progress(k, total, done + steps, work, cached=True))
+                else:
+
+                    def report(j: int, k=k, done=done) -> None:
+                        if callback is not None:
+                            callback(Progress(k, total, done + j + 1, work))
+
+                    row = SegmentRow(part[k], contexts[b], generators[b])
+                    [mel] = self.sample_segments([row], callback=report, films=films, **options)
+                    if keys[b] is not None:
+                        cache.put(keys[b][k], mel, generators[b].get_state())
+                use.reused[b].append(entry is not None)
+                contexts[b] = mel
+                mels.append(mel)
+            yield mels
+        if cache is not None and not all(all(r) for r in use.reused):
+            cache.settle()  # other processes may have written meanwhile: the bound, counted afresh
 
     def iter_mel_batch(
         self,
@@ -497,13 +589,16 @@ class Synthesizer:
         remap: Remap | None = None,
         start: float = 0.0,
         length: float | None = None,
+        cache: SegmentCache | None = None,
     ) -> Rendering:
         """Render a MIDI file (path or bytes) to 16 kHz mono audio and its log-mel spectrogram.
 
         sampler, steps, guidance, guidance_interval: how each segment is sampled (see iter_mel; the
         defaults are unipc, 20 steps, guidance 2 on every step); remap: instrument changes
-        (spectrosynth.remap.Remap); start/length: render only that part (seconds). The audio is whole
-        segments long (a multiple of 5.12 s), as the model makes it.
+        (spectrosynth.remap.Remap); start/length: render only that part (seconds); cache: a SegmentCache
+        (spectrosynth.segment_cache; `SegmentCache.default()` is the command line's), so that rendering
+        the song again after an edit samples only from the first segment that changed: the same audio. The
+        audio is whole segments long (a multiple of 5.12 s), as the model makes it.
         """
         from spectrosynth.midi import read_midi
         from spectrosynth.remap import apply_remap
@@ -520,7 +615,7 @@ class Synthesizer:
         streamer, mels, audio = StreamingVocoder(self.vocoder), [], []
         for mel in self.iter_mel(
             [s.tokens for s in song.segments], steps, seed, None, callback,
-            sampler=sampler, guidance=guidance, guidance_interval=guidance_interval,
+            sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, cache=cache,
         ):  # fmt: skip
             mels.append(mel)
             audio += streamer.feed(mel)  # the vocoder never sees the whole song at once

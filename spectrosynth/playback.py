@@ -9,7 +9,9 @@ Three parts:
   - D the seconds of audio the song will have, P the seconds the sampler renders (whole 5.12 s segments),
   - p the seconds rendered so far (the sampler's progress, after every diffusion step), a the seconds of
     audio ready to play,
-  - r = p / (wall seconds since rendering began), the measured speed, taken at r / (1 + MARGIN),
+  - r = p / (wall seconds since rendering began), the measured speed, taken at r / (1 + MARGIN); segments
+    taken from the segment cache before the first one sampled (the unchanged start of an edited song)
+    count in p but not in r: r is measured from the first sampled step on, over what was rendered since,
   - L the pipeline's lag: how far rendering must get past a moment of the song before that moment's audio
     is ready, measured (the largest p - a seen when audio arrives: 10.24 s, as a segment's audio waits for
     the next segment, the vocoder's look-ahead; the resampler adds a few samples),
@@ -246,12 +248,20 @@ class Schedule:
         self.available = 0.0  # a: seconds of audio ready
         self.lag: float | None = None  # L, measured
         self.done = False  # all the audio is ready
+        self._base = (0.0, None)  # (progress, clock) the speed is measured from: past the cached start
+        self._sampled = False  # a sampled step has been seen
 
     def begin(self) -> None:
         self.began = self.clock()
+        self._base = (0.0, self.began)
 
-    def rendered(self, seconds: float) -> None:
+    def rendered(self, seconds: float, cached: bool = False) -> None:
+        """`seconds` of the song rendered in all; `cached`: this advance came from the segment cache."""
         self.progress = max(self.progress, float(seconds))
+        if not cached:
+            self._sampled = True
+        elif not self._sampled:  # the cached start took no sampling: the speed is measured from here
+            self._base = (self.progress, self.clock())
 
     def delivered(self, seconds: float) -> None:
         """`seconds` of audio are ready in all (more than before)."""
@@ -265,11 +275,13 @@ class Schedule:
         self.done = True
 
     def speed(self) -> float:
-        """Seconds of song rendered per wall second since `begin()`."""
-        if self.began is None:
+        """Seconds of song rendered per wall second since `begin()` (or since the segments taken from the
+        cache before the first sampled one)."""
+        progress, since = self._base
+        if self.began is None or since is None or not self._sampled:
             return 0.0
-        elapsed = self.clock() - self.began
-        return self.progress / elapsed if elapsed > 0 else 0.0
+        elapsed = self.clock() - since
+        return (self.progress - progress) / elapsed if elapsed > 0 else 0.0
 
     def _checks(self) -> list[float]:
         """The song times x at which the rule is checked: a, P - L and D (within [a, D])."""
@@ -375,7 +387,7 @@ class Player:
         def callback(p) -> None:
             if progress is not None:
                 progress(p)
-            self.schedule.rendered(p.fraction * self.schedule.rendered_total)
+            self.schedule.rendered(p.fraction * self.schedule.rendered_total, getattr(p, "cached", False))
             self._check()
 
         return callback

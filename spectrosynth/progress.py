@@ -319,3 +319,47 @@ class TrainProgressDisplay(_Live):
         if p.eta_seconds is not None:
             parts.append(f"ETA {_clock(p.eta_seconds)}")
         return ", ".join(parts)
+
+
+class DownloadProgressDisplay(_Live):
+    """A file being downloaded (spectrosynth.small_model.DownloadProgress): a bar with the bytes, speed and
+    time left on a terminal; otherwise a line when it starts or resumes, every 10 %, at each retry and at the
+    end. Nothing when quiet."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+        super().__init__(quiet, stream)
+        self._tenth, self._began, self._from = -1, time.monotonic(), 0
+
+    def __enter__(self) -> DownloadProgressDisplay:
+        from rich import progress as bar
+
+        columns = [bar.BarColumn(), bar.DownloadColumn(), bar.TransferSpeedColumn()]
+        columns.append(bar.TimeRemainingColumn())
+        self._start_bar(bar.TextColumn("{task.fields[name]}"), *columns, total=None, name="download")
+        return self
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        mb = f"{p.done / 1e6:.1f}"
+        if p.event == "start":
+            self._began, self._from = time.monotonic(), p.done
+            self._tenth = p.done * 10 // p.total if p.total else -1
+            size = f" ({p.total / 1e6:.1f} MB)" if p.total else ""
+            self._print(f"spectrosynth: resuming {p.name} at {mb} MB" if p.resumed_from
+                        else f"spectrosynth: downloading {p.name}{size}")  # fmt: skip
+            self._update(total=p.total, completed=p.done, name=p.name)
+        elif p.event == "bytes":
+            self._update(completed=p.done)
+            tenth = p.done * 10 // p.total if p.total else -1
+            if self._bar is None and p.total and self._tenth < tenth < 10:
+                self._tenth = tenth
+                elapsed = time.monotonic() - self._began
+                speed = (p.done - self._from) / elapsed / 1e6 if elapsed > 0 else 0.0
+                self._print(f"spectrosynth: {p.name}: {tenth * 10}% ({mb} of {p.total / 1e6:.1f} MB), "
+                            f"{speed:.1f} MB/s")  # fmt: skip
+        elif p.event == "retry":
+            self._print(f"spectrosynth: {p.name}: the connection dropped at {mb} MB ({p.message})")
+        elif p.event == "done":
+            self._update(completed=p.done)
+            self._print(f"spectrosynth: downloaded {p.name} ({mb} MB)")

@@ -14,10 +14,12 @@ MIDI synthesizer does:
   gets the General MIDI defaults, pan 64, volume 100, expression 127. Later changes (automation curves)
   are followed, sample by sample, with a 5 ms ramp against zipper noise (`spectrosynth.automation`).
 
-The parts of a song (its tracks, and the whole song when the mix is the model's joint mono render) go
-through the model together, as rows of one batch, each with its own noise generator seeded alike, so each
-gets what it would alone, up to floating-point rounding. Every part is rendered for the whole song's
-length, so stems line up and last as long as the mix.
+The parts of a song (its tracks, and the whole song when the mix is the model's joint mono render) are
+sampled segment by segment, each part alone in its own call with its own noise generator seeded alike, so
+each gets exactly what it would alone (`spectrosynth batch` stacks them as rows of one batch instead, which
+rounds a little differently). Alone, a part's result does not depend on the other parts, so the segment
+cache (spectrosynth.segment_cache) can skip a track that did not change. Every part is rendered for the
+whole song's length, so stems line up and last as long as the mix.
 
 Level: --gain, --normalize and --loudness set the mix's level; every stem is scaled exactly as its mix
 was, so stereo stems summed at unity in a DAW give the stereo mix, sample for sample (up to rounding).
@@ -342,19 +344,13 @@ def check_stem_outputs(parts: SongParts, folder: str | Path, fmt: str, force: bo
         check_output(str(path), force)
 
 
-def sample_parts(synth, parts: SongParts, steps: int | None, seed: int, callback=None, **sampling):
-    """Each segment of every part, sampled together (rows of one batch, each part's noise from its own
-    generator seeded with `seed`): yields one list of log-mel spectrograms (256, 128) per segment, in
-    `parts.parts` order. `sampling`: Synthesizer.iter_mel_batch's sampler, guidance, guidance_interval."""
-    import torch
-
+def sample_parts(
+    synth, parts: SongParts, steps: int | None, seed: int, callback=None, *, cache=None, use=None, **sampling
+):
+    """Each segment of every part (each part sampled alone, its noise from its own generator seeded with
+    `seed`: exactly what a render of that part alone gives): yields one list of log-mel spectrograms
+    (256, 128) per segment, in `parts.parts` order. `sampling`: Synthesizer.iter_parts's sampler, guidance,
+    guidance_interval, sampler_options; cache: a SegmentCache (spectrosynth.segment_cache) to take
+    unchanged segments from, and `use` (a CacheUse) to learn which came from it."""
     songs = [[s.tokens for s in p.song.segments] for p in parts.parts]
-    if len({len(s) for s in songs}) > 1:
-        raise ValueError("every part of a song has as many segments")
-    generators = [torch.Generator().manual_seed(seed) for _ in songs]
-    segment: dict[int, np.ndarray] = {}
-    for b, _, mel in synth.iter_mel_batch(songs, steps, generators=generators, callback=callback, **sampling):
-        segment[b] = mel
-        if len(segment) == len(songs):
-            yield [segment[i] for i in range(len(songs))]
-            segment = {}
+    yield from synth.iter_parts(songs, steps, seed, callback=callback, cache=cache, use=use, **sampling)

@@ -25,6 +25,7 @@ import torch
 from spectrosynth.presets import (  # noqa: F401 (re-exported for tests)
     CLASS_NAMES,
     PUBLISHED_DIFFUSERS_VERSION,
+    SIZES,
     model_configs,
     model_index,
     scheduler_config,
@@ -47,6 +48,11 @@ SAMPLES_PER_FRAME = 320
 def base_configs() -> dict[str, dict[str, Any]]:
     """The published configs (base_with_context), keyed by component, "scheduler" included."""
     return model_configs("base")
+
+
+def small_configs() -> dict[str, dict[str, Any]]:
+    """The authors' small model (small_with_context: T5.1.1 Small sizes), keyed by component."""
+    return model_configs("small")
 
 
 def tiny_configs() -> dict[str, dict[str, Any]]:
@@ -92,51 +98,110 @@ def write_vocoder(path: str | os.PathLike[str], seed: int = 0) -> Path:
 
     Input ``input_features`` float32 [batch, frames, 128]; output float32 [batch, frames·320]. A Conv1d over
     time (kernel 5) gives it temporal context like a real vocoder; tanh keeps the samples within [-1, 1].
+    The file is written without the onnx package (`_onnx_conv_model`), so this works with spectrosynth's
+    runtime dependencies alone; its bytes are what onnx's helpers serialize for the same graph.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     kernel = 5
     rng = np.random.default_rng(seed)
     weight = (
         rng.standard_normal((SAMPLES_PER_FRAME, MEL_BINS, kernel)) * 0.05 / np.sqrt(MEL_BINS * kernel)
     ).astype(np.float32)
     bias = (rng.standard_normal(SAMPLES_PER_FRAME) * 0.01).astype(np.float32)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_onnx_conv_model(weight, bias))
+    return path
+
+
+# ONNX's protobuf messages (onnx/onnx.proto, proto2), written field by field in field-number order as
+# protobuf serializes them: varints (wire type 0) and length-delimited bytes (wire type 2), repeated scalars
+# unpacked. Field numbers: ModelProto ir_version 1, producer_name 2, graph 7, opset_import 8;
+# OperatorSetIdProto domain 1, version 2; GraphProto node 1, name 2, initializer 5, input 11, output 12;
+# NodeProto input 1, output 2, op_type 4, attribute 5; AttributeProto name 1, ints 8, type 20 (INTS = 7);
+# TensorProto dims 1, data_type 2 (FLOAT = 1, INT64 = 7), name 8, raw_data 9; ValueInfoProto name 1, type 2;
+# TypeProto tensor_type 1; TypeProto.Tensor elem_type 1, shape 2; TensorShapeProto dim 1; Dimension
+# dim_value 1, dim_param 2.
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negative numbers
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _message(field: int, payload: bytes | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], **ints: list[int]) -> bytes:
+    attributes = b"".join(
+        _message(5, _message(1, name) + b"".join(_int(8, v) for v in values) + _int(20, 7))
+        for name, values in sorted(ints.items())
+    )
+    return (
+        b"".join(_message(1, i) for i in inputs)
+        + b"".join(_message(2, o) for o in outputs)
+        + _message(4, op)
+        + attributes
+    )
+
+
+def _tensor(name: str, array: np.ndarray) -> bytes:
+    data_type = {np.dtype(np.float32): 1, np.dtype(np.int64): 7}[array.dtype]
+    dims = b"".join(_int(1, d) for d in array.shape)
+    return (
+        dims
+        + _int(2, data_type)
+        + _message(8, name)
+        + _message(9, array.astype(array.dtype.newbyteorder("<")).tobytes())
+    )
+
+
+def _value_info(name: str, shape: list[int | str]) -> bytes:
+    dims = b"".join(_message(1, _int(1, d) if isinstance(d, int) else _message(2, d)) for d in shape)
+    return _message(1, name) + _message(2, _message(1, _int(1, 1) + _message(2, dims)))  # elem_type FLOAT
+
+
+def _onnx_conv_model(weight: np.ndarray, bias: np.ndarray) -> bytes:
+    """The one-convolution vocoder as an ONNX model (opset 17, IR version 8, readable by onnxruntime 1.14
+    and later): Transpose -> Conv (kernel 5, padded 2 each side) -> Tanh -> Transpose -> Reshape."""
+    kernel = weight.shape[2]
     nodes = [
-        helper.make_node("Transpose", ["input_features"], ["channels_first"], perm=[0, 2, 1]),
-        helper.make_node(
+        _node("Transpose", ["input_features"], ["channels_first"], perm=[0, 2, 1]),
+        _node(
             "Conv",
             ["channels_first", "conv_weight", "conv_bias"],
             ["conv"],
             kernel_shape=[kernel],
-            pads=[2, 2],
+            pads=[kernel // 2, kernel // 2],
         ),
-        helper.make_node("Tanh", ["conv"], ["samples"]),
-        helper.make_node("Transpose", ["samples"], ["frames_first"], perm=[0, 2, 1]),
-        helper.make_node("Reshape", ["frames_first", "flat_shape"], ["waveform"]),
+        _node("Tanh", ["conv"], ["samples"]),
+        _node("Transpose", ["samples"], ["frames_first"], perm=[0, 2, 1]),
+        _node("Reshape", ["frames_first", "flat_shape"], ["waveform"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_mel_decoder",
-        inputs=[
-            helper.make_tensor_value_info("input_features", TensorProto.FLOAT, ["batch", "frames", MEL_BINS])
-        ],
-        outputs=[helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", "samples"])],
-        initializer=[
-            numpy_helper.from_array(weight, "conv_weight"),
-            numpy_helper.from_array(bias, "conv_bias"),
-            numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat_shape"),
-        ],
+    initializers = [
+        _tensor("conv_weight", weight),
+        _tensor("conv_bias", bias),
+        _tensor("flat_shape", np.array([0, -1], dtype=np.int64)),
+    ]
+    graph = (
+        b"".join(_message(1, n) for n in nodes)
+        + _message(2, "tiny_mel_decoder")
+        + b"".join(_message(5, t) for t in initializers)
+        + _message(11, _value_info("input_features", ["batch", "frames", MEL_BINS]))
+        + _message(12, _value_info("waveform", ["batch", "samples"]))
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="spectrosynth"
-    )
-    model.ir_version = 8  # readable by onnxruntime 1.14 and later
-    onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
+    opset = _message(1, "") + _int(2, 17)
+    return _int(1, 8) + _message(2, "spectrosynth") + _message(7, graph) + _message(8, opset)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,6 +349,16 @@ def soundstream_decoder(
     return model.eval()
 
 
+def _need_onnx() -> None:
+    try:
+        import onnx  # noqa: F401 - torch.onnx's exporter writes the file with it
+    except ImportError:
+        raise RuntimeError(
+            "the SoundStream stand-in is exported with torch.onnx, which needs the onnx package: pip install "
+            "onnx (the test extra has it), or use the one-convolution stand-in (vocoder 'tiny')"
+        ) from None
+
+
 def write_soundstream_vocoder(
     path: str | os.PathLike[str], seed: int = 0, channels: int = SOUNDSTREAM_CHANNELS, causal: bool = True
 ) -> Path:
@@ -292,6 +367,7 @@ def write_soundstream_vocoder(
     float32 [batch, frames·320]. At the default width (C = 56) it has the published file's size and cost
     (14.9 M parameters, a 59 MB file); C = 4 gives the same layers and receptive field at 130 k parameters.
     """
+    _need_onnx()
     model = soundstream_decoder(channels, seed, causal)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,27 +397,29 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def write_checkpoint(
     folder: str | os.PathLike[str],
-    size: Literal["tiny", "base"] = "tiny",
+    size: Literal["tiny", "mini", "small", "base"] = "tiny",
     seed: int = 0,
     weights_format: Literal["bin", "safetensors"] = "bin",
     vocoder: Literal["tiny", "soundstream"] = "tiny",
 ) -> Path:
     """Write a complete random model in the published layout into `folder` (created if needed); returns it.
 
-    "base" has the published sizes (411.7M parameters, 1.65 GB of float32); "tiny" is a few MB.
+    `size` is one of spectrosynth.presets.SIZES: "base" has the published sizes (411.7M parameters, 1.65 GB
+    of float32), "small" the authors' small_with_context's (104.0M, 416 MB), "mini" 20 M, "tiny" a few MB.
     `weights_format` "bin" writes pickled state_dicts with torch.save, as published; "safetensors" writes
     diffusion_pytorch_model.safetensors instead. `vocoder` "tiny" is a one-convolution stand-in
     (`write_vocoder`, fast); "soundstream" has the published vocoder's architecture, size and cost
     (`write_soundstream_vocoder`, 59 MB).
     """
-    presets = {"tiny": tiny_configs, "base": base_configs}
-    if size not in presets:
-        raise ValueError(f"size must be 'tiny' or 'base', not {size!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
     if weights_format not in ("bin", "safetensors"):
         raise ValueError(f"weights_format must be 'bin' or 'safetensors', not {weights_format!r}")
     if vocoder not in ("tiny", "soundstream"):
         raise ValueError(f"vocoder must be 'tiny' or 'soundstream', not {vocoder!r}")
-    configs = presets[size]()
+    if vocoder == "soundstream":
+        _need_onnx()  # before anything is written
+    configs = model_configs(size)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / MODEL_INDEX, model_index())
@@ -405,10 +483,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m spectrosynth.testing",
         description="Write a random checkpoint in the published layout. It renders noise, not music: it is "
-        "for trying spectrosynth without downloading the model, and for tests. Needs the `onnx` package.",
+        "for trying spectrosynth without downloading the model, and for tests and benchmarks. Sizes: tiny (a "
+        "few MB), mini, small (the authors' small_with_context, 104 M parameters) and base (the published "
+        "model's, 412 M).",
     )
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--size", choices=["tiny", "base"], default="tiny")
+    parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=["bin", "safetensors"], default="bin", dest="weights_format")
     parser.add_argument(
@@ -419,9 +499,12 @@ def main(argv: list[str] | None = None) -> None:
         "published file's size and cost (soundstream, 59 MB, for timing the vocoder)",
     )
     args = parser.parse_args(argv)
-    folder = write_checkpoint(
-        args.folder, args.size, seed=args.seed, weights_format=args.weights_format, vocoder=args.vocoder
-    )
+    try:
+        folder = write_checkpoint(
+            args.folder, args.size, seed=args.seed, weights_format=args.weights_format, vocoder=args.vocoder
+        )
+    except RuntimeError as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
     print(folder)
 
 

@@ -10,7 +10,9 @@ A model is a folder in the layout published at https://huggingface.co/google/mus
     melgan/model.onnx                                   (not needed to render with --vocoder griffin-lim)
 
 `resolve_model` accepts such a folder, or a hub repository id that it fetches into the standard Hugging Face
-cache (HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE apply as for any Hugging Face library).
+cache (HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE apply as for any Hugging Face library), or one of the names
+in MODEL_NAMES: "base" (the published model) and "small" (the authors' small model, converted from their t5x
+checkpoint into spectrosynth's cache by spectrosynth.small_model).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ import torch
 from spectrosynth.errors import HubError, ModelLayoutError, ModelNotFoundError, WeightsError
 
 DEFAULT_MODEL = "google/music-spectrogram-diffusion"
+#: Names `--model` takes besides a folder or a hub repo id (a folder of the same name in the current
+#: directory wins; write ./small for it).
+MODEL_NAMES = {
+    "base": f"{DEFAULT_MODEL}, the authors' base_with_context (the default)",
+    "small": "the authors' small_with_context, converted from their t5x checkpoint (small_model.py)",
+}
 
 #: The three torch components, in the order the pipeline runs them.
 COMPONENTS = ("notes_encoder", "continuous_encoder", "decoder")
@@ -104,14 +112,15 @@ def resolve_model(
 ) -> Path:
     """The local folder holding the complete model `model` names.
 
-    `model` is either a folder in the published layout (used as is), or a hub repository id such as
-    ``google/music-spectrogram-diffusion``. A complete cached snapshot of the repository is used without
-    contacting the hub; otherwise the configs, the weights (safetensors where the repository has them, else
-    .bin) and the vocoder are downloaded into the Hugging Face cache, with its progress bars unless
-    `progress` is False. `revision` (branch, tag or commit) applies to hub repositories only; `force`
-    downloads a hub model again even when the cache holds a complete copy. vocoder=False: the model need not
-    have melgan/model.onnx (it renders with `--vocoder griffin-lim`); a hub model's is still fetched if it
-    has one.
+    `model` is either a folder in the published layout (used as is), a hub repository id such as
+    ``google/music-spectrogram-diffusion``, or a name of MODEL_NAMES ("base": that repository; "small": the
+    authors' small model, downloaded and converted once, spectrosynth.small_model.resolve). A complete
+    cached snapshot of the repository is used without contacting the hub; otherwise the configs, the
+    weights (safetensors where the repository has them, else .bin) and the vocoder are downloaded into the
+    Hugging Face cache, with its progress bars unless `progress` is False. `revision` (branch, tag or
+    commit) applies to hub repositories only; `force` downloads a hub model (or the small model) again even
+    when the cache holds a complete copy. vocoder=False: the model need not have melgan/model.onnx (it
+    renders with `--vocoder griffin-lim`); a hub model's is still fetched if it has one.
     """
     text = os.fspath(model)
     path = Path(text).expanduser()
@@ -123,11 +132,17 @@ def resolve_model(
             )
         check_layout(path, vocoder)
         return path
+    if isinstance(model, str) and text == "base":
+        return _resolve_hub(DEFAULT_MODEL, revision, progress, force, vocoder)
+    if isinstance(model, str) and text == "small":
+        from spectrosynth import small_model
+
+        return small_model.resolve(progress=progress, force=force, vocoder=vocoder)
     if isinstance(model, str) and _REPO_ID.match(text) and ".." not in text and "--" not in text:
         return _resolve_hub(text, revision, progress, force, vocoder)
     raise ModelNotFoundError(
-        f"no such model folder: {text}; pass a folder in the published layout or a hub repo id like "
-        f"{DEFAULT_MODEL}"
+        f"no such model folder: {text}; pass a folder in the published layout, a hub repo id like "
+        f"{DEFAULT_MODEL}, or base or small"
     )
 
 
@@ -546,20 +561,23 @@ def read_checked_state_dict(
     return config, state
 
 
-def verify_model(folder: str | os.PathLike[str]) -> int:
-    """Check a model folder fully: layout, configs, every weight's key and shape, the vocoder.
+def verify_model(folder: str | os.PathLike[str], vocoder: bool = True) -> int:
+    """Check a model folder fully: layout, configs, every weight's key and shape, the vocoder (vocoder=False:
+    without one, for a model that has none).
 
     Returns the size in bytes of the weights and vocoder. Raises a SpectrosynthError subclass naming the
     first problem found. Weights are memory-mapped, so this reads little of them.
     """
     folder = Path(folder)
-    check_layout(folder)
+    check_layout(folder, vocoder)
     total = 0
     for component in COMPONENTS:
         read_checked_state_dict(folder, component)
         total += weights_file(folder, component).stat().st_size
     read_config(folder, "scheduler")
     read_model_index(folder)
+    if not vocoder:
+        return total
     from spectrosynth.vocoder import Vocoder
 
     Vocoder(folder / MELGAN)

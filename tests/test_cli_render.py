@@ -234,7 +234,7 @@ def test_unknown_program_name(tmp_path, waltz, model_args):
 def test_plain_progress_lines_when_not_a_terminal(tmp_path, waltz, model_args):
     result = render(waltz, tmp_path / "a.wav", *model_args, "--duration", "8")
     assert result.exit_code == 0
-    lines = [line for line in result.stderr.splitlines() if "segment" in line]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("waltzes1.mid: segment")]
     assert len(lines) == 2 and lines[-1].startswith("waltzes1.mid: segment 2/2 (100%)")
     assert "elapsed" in lines[-1] and "ETA" in lines[-1] and "x real time" in lines[-1]
     assert "wrote" in result.stderr
@@ -305,15 +305,15 @@ def test_input_and_model_errors_leave_nothing_behind(tmp_path, waltz, model_args
 def test_ctrl_c_leaves_no_partial_file(tmp_path, waltz, model_args, monkeypatch):
     from spectrosynth.pipeline import Synthesizer
 
-    real = Synthesizer.iter_mel_batch  # what render samples with (one song: one row)
+    real = Synthesizer.iter_parts  # what render samples with (one part: the song)
 
     def interrupted(self, *args, **kwargs):
-        for i, row in enumerate(real(self, *args, **kwargs)):
+        for i, mels in enumerate(real(self, *args, **kwargs)):
             if i == 1:
                 raise KeyboardInterrupt
-            yield row
+            yield mels
 
-    monkeypatch.setattr(Synthesizer, "iter_mel_batch", interrupted)
+    monkeypatch.setattr(Synthesizer, "iter_parts", interrupted)
     out = tmp_path / "a.wav"
     out.write_bytes(b"old take")
     result = render(waltz, out, *model_args, "--force")

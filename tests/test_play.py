@@ -374,19 +374,20 @@ def test_play_with_stems(tmp_path, waltz, model_args, fake_audio):
 def test_ctrl_c_stops_the_sound_and_the_render(tmp_path, waltz, model_args, fake_audio, monkeypatch):
     from spectrosynth.pipeline import Synthesizer
 
-    real = Synthesizer.iter_mel_batch
+    real = Synthesizer.iter_parts
 
     def interrupted(self, *args, **kwargs):
-        for i, row in enumerate(real(self, *args, **kwargs)):
+        for i, mels in enumerate(real(self, *args, **kwargs)):
             if i == 3:  # segment 0's audio is playing by now
                 assert fake_audio[0].events == ["start"]
                 raise KeyboardInterrupt
-            yield row
+            yield mels
 
-    monkeypatch.setattr(Synthesizer, "iter_mel_batch", interrupted)
+    monkeypatch.setattr(Synthesizer, "iter_parts", interrupted)
     out = tmp_path / "a.wav"
     out.write_bytes(b"old take")
-    result = cli("play", waltz, out, *model_args, "--force", "--duration", "25")
+    # sampled, not taken from the segment cache: playback starts from the measured sampling speed
+    result = cli("play", waltz, out, *model_args, "--force", "--duration", "25", "--no-cache")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert out.read_bytes() == b"old take" and leftovers(tmp_path) == []
     [stream] = fake_audio

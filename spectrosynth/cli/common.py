@@ -81,8 +81,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        metavar="REPO|DIR",
-        help="Hub repo id, downloaded once into the Hugging Face cache, or a local model folder.",
+        metavar="REPO|DIR|base|small",
+        help="Hub repo id, downloaded once into the Hugging Face cache, or a local model folder; base (the "
+        "published model) or small (the authors' small model, downloaded and converted once).",
     ),
 ]
 RevisionOpt = Annotated[
@@ -265,6 +266,19 @@ DurationOpt = Annotated[
         "--duration", metavar="SECONDS", min=0.01, help="Render only this many seconds (a preview)."
     ),
 ]
+CacheSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--cache-size",
+        metavar="SIZE",
+        help="Keep rendered segments up to this size (500M, 2G; 0: none), least recently used out first, so "
+        "that rendering a song again after an edit samples only from the first segment that changed.",
+    ),
+]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Neither take segments from the segment cache nor keep them there."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]
 
@@ -354,6 +368,18 @@ class ModelLoader:
                 folder, device=self.device, dtype=self.dtype, vocoder=self.vocoder
             )
         return self._synth
+
+
+def segment_cache(size: str, off: bool):
+    """The segment cache for --cache-size and --no-cache (spectrosynth.segment_cache), or None when it is
+    off: --no-cache, a size of 0, or SPECTROSYNTH_CACHE=off. A size that does not parse is a usage error."""
+    from spectrosynth.segment_cache import SegmentCache, parse_size
+
+    try:
+        limit = parse_size(size)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="'--cache-size'") from None
+    return None if off else SegmentCache.default(limit)
 
 
 @dataclass(frozen=True)

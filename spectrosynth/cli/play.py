@@ -65,6 +65,8 @@ def play_command(song: str | None = None, output: str | None = None, list_device
 
       spectrosynth play song.mid --channels 2 --output-device 'USB Audio'
 
+      spectrosynth play song.mid --watch
+
       spectrosynth play --list-devices
     """
     if list_devices:

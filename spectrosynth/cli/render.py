@@ -17,6 +17,7 @@ from spectrosynth.cli.common import (
     DEFAULT_SAMPLER_NAME,
     DEFAULT_VOCODER_NAME,
     BitDepthOpt,
+    CacheSizeOpt,
     ChannelsOpt,
     ClipOpt,
     DeviceOpt,
@@ -32,6 +33,7 @@ from spectrosynth.cli.common import (
     ModelLoader,
     ModelOpt,
     MuteOpt,
+    NoCacheOpt,
     NoDrumsOpt,
     NormalizeOpt,
     ProgramOpt,
@@ -52,11 +54,12 @@ from spectrosynth.cli.common import (
     output_settings,
     read_score,
     remap_from_options,
+    segment_cache,
 )
-from spectrosynth.constants import DEFAULT_GUIDANCE
+from spectrosynth.constants import DEFAULT_CACHE_SIZE, DEFAULT_GUIDANCE
 
 
-def _report_written(summary, label: str, wall: float, quiet: bool, stems=None) -> None:
+def _report_written(summary, label: str, wall: float, quiet: bool, stems=None, use=None) -> None:
     if summary.notice:
         note(f"{label}: {summary.notice}", quiet)
     where = "standard output" if summary.path in (None, "-") else summary.path
@@ -66,6 +69,8 @@ def _report_written(summary, label: str, wall: float, quiet: bool, stems=None) -
         what += ", stereo"
     if summary.loudness is not None:
         what += f", {summary.loudness:.1f} LUFS"
+    if use is not None and use.hits:
+        what += f", {use.summary()}"
     note(f"wrote {where}: {what} in {wall:.1f} s ({speed:.2f}x real time)", quiet)
     if stems:
         folder = Path(stems[0].path).parent
@@ -75,44 +80,73 @@ def _report_written(summary, label: str, wall: float, quiet: bool, stems=None) -
                 note(f"{Path(stem.path).name}: {stem.notice}", quiet)
 
 
+@dataclass
+class Rendered:
+    """What `_render_parts` did: the files written, which segments came from the cache, the wall time."""
+
+    summary: object  # stems.PartsSummary
+    use: object | None  # segment_cache.CacheUse, None without a cache
+    wall: float
+
+
 def _render_parts(
     parts, output: str, settings, loader: ModelLoader, *, sampling: Sampling, seed: int, force: bool,
     quiet: bool, label: str, stems_dir: Path | None, mel_out: Path | None = None, play: Play | None = None,
-) -> None:  # fmt: skip
-    """Render a song's parts as rows of one batch (the whole song alone, for a plain mono render; its tracks,
-    and the whole song for a mono mix, with stems or stereo): the mix to `output` ('-' for stdout) and, with
-    `stems_dir`, each track's stem, writing progressively and atomically. With `play`, the mix also goes to
-    the sound card as it is made (spectrosynth.playback), and this returns once it has played."""
+    cache=None, hold: contextlib.ExitStack | None = None,
+) -> Rendered:  # fmt: skip
+    """Render a song's parts, each sampled alone (the whole song, for a plain mono render; its tracks, and
+    the whole song for a mono mix, with stems or stereo): the mix to `output` ('-' for stdout) and, with
+    `stems_dir`, each track's stem, writing progressively and atomically. cache: a SegmentCache to take
+    unchanged segments from and keep new ones in. With `play`, the mix also goes to the sound card as it is
+    made (spectrosynth.playback), and this returns once it has played; or, given `hold` (--watch), once
+    the file is written, leaving the player in `hold`, which the caller closes to stop the sound."""
     from spectrosynth.progress import RenderProgress
+    from spectrosynth.segment_cache import CacheUse
     from spectrosynth.stems import PartsOutput, sample_parts
 
     synth = loader.get()
     began = time.monotonic()
     mel_path = None if mel_out is None else str(mel_out)
     segments = len(parts.song.segments)
+    use = CacheUse() if cache is not None else None
+    work = sampling.steps * len(parts.parts)  # per segment: each part is sampled alone
 
     def announce(line: str) -> None:  # playback started
         note(f"{label}: {line}", quiet)
 
-    with (
-        PartsOutput(parts, synth.vocoder, output, settings, force, stems_dir, mel_path) as out,
-        _player(play, parts, settings, out, announce) as player,
-    ):
-        with RenderProgress(label, segments, sampling.steps, quiet=quiet, playback=player) as progress:
+    with contextlib.ExitStack() as stack:
+        out = PartsOutput(parts, synth.vocoder, output, settings, force, stems_dir, mel_path)
+        stack.enter_context(out)
+        player = _player(play, parts, settings, out, announce)
+        if player is not None:
+            (hold if hold is not None else stack).enter_context(player)
+        with RenderProgress(label, segments, work, quiet=quiet, playback=player) as progress:
             report = progress if player is None else player.watch(progress)
-            for mels in sample_parts(synth, parts, sampling.steps, seed, report, **sampling.options()):
+            for mels in sample_parts(synth, parts, sampling.steps, seed, report, cache=cache, use=use,
+                                     **sampling.options()):  # fmt: skip
                 out.add(mels)
             summary = out.finish()
             if player is not None:  # the file is published: say so, and keep the display up while it plays
                 if play.keep_output:
-                    _report_written(summary.mix, label, time.monotonic() - began, quiet, summary.stems)
+                    _report_written(summary.mix, label, time.monotonic() - began, quiet, summary.stems, use)
                 player.end()
-                player.wait()
-    if player is not None:
-        note(f"{label}: {player.summary()}", quiet)
-        return
+                if hold is None:
+                    player.wait()
+    _note_cache_problem(cache, quiet)
     wall = time.monotonic() - began
-    _report_written(summary.mix, label, wall, quiet, summary.stems)
+    if player is not None:
+        if hold is None:
+            note(f"{label}: {player.summary()}", quiet)
+        return Rendered(summary, use, wall)
+    _report_written(summary.mix, label, wall, quiet, summary.stems, use)
+    return Rendered(summary, use, wall)
+
+
+def _note_cache_problem(cache, quiet: bool) -> None:
+    """Once per process: the segment cache could not be written (the render went on without it)."""
+    if cache is not None and cache.problem is not None and not cache.noted:
+        cache.noted = True
+        note(f"segment cache: {cache.problem}; rendering without keeping segments", quiet)
 
 
 @dataclass(frozen=True)
@@ -124,9 +158,9 @@ class Play:
 
 
 def _player(play: Play | None, parts, settings, out, announce):
-    """A playback.Player fed by the mix's writer, or nothing (`render` without --play)."""
+    """A playback.Player fed by the mix's writer, or None (`render` without --play)."""
     if play is None:
-        return contextlib.nullcontext()
+        return None
     from spectrosynth.constants import SAMPLE_RATE, SEGMENT_SECONDS
     from spectrosynth.playback import Player
 
@@ -204,6 +238,16 @@ def render_command(
         ),
     ] = None,
     vocoder: VocoderOpt = DEFAULT_VOCODER_NAME,
+    cache_size: CacheSizeOpt = DEFAULT_CACHE_SIZE,
+    no_cache: NoCacheOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Stay running and render again each time SONG.mid is saved (only what changed is sampled "
+            "again); with --play, play each new version. Ctrl-C stops.",
+        ),
+    ] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     play: Annotated[
@@ -234,6 +278,8 @@ def render_command(
 
       spectrosynth render song.mid take.wav --start 30 --duration 20 --play
 
+      spectrosynth render song.mid song.wav --watch --play
+
       spectrosynth render song.mid song.flac --program 0=violin --mute 3 --start 30 --duration 20
 
       spectrosynth render song.mid song.wav --sampler ddpm --steps 1000 --guidance 2
@@ -248,9 +294,16 @@ def render_command(
                                loudness)  # fmt: skip
     settings = replace(settings, fmt=output_format(output, fmt) if output is not None else fmt or "wav")
     sampling = Sampling.from_options(sampler, steps, guidance, guidance_interval)
+    cache = segment_cache(cache_size, no_cache)
     if mel_out is not None and channels == 2:
         raise typer.BadParameter("a stereo mix of tracks has no single spectrogram; use --channels 1",
                                  param_hint="'--mel-out'")  # fmt: skip
+    if watch and midi == "-":
+        raise typer.BadParameter("it renders SONG.mid again when the file is saved; give a file, not -",
+                                 param_hint="'--watch'")  # fmt: skip
+    if watch and output == "-":
+        raise typer.BadParameter("it writes OUT again at every save; give a file, not -",
+                                 param_hint="'--watch'")  # fmt: skip
     if output is not None:  # None: `spectrosynth play` without OUT
         check_output(output, force)  # before any slow work
     if mel_out is not None:
@@ -261,7 +314,18 @@ def render_command(
     from spectrosynth.stems import check_stem_outputs, plan_parts
 
     label = "<stdin>" if midi == "-" else Path(midi).name
-    parts = plan_parts(read_score(midi), remap, start, duration, settings, label, stems=stems is not None)
+    score = read_score(midi)
+    data = None
+    if watch:  # the bytes rendered, to tell the next save from this version; parsed again from them
+        from spectrosynth.midi import read_midi
+
+        data = Path(midi).read_bytes()
+        score = read_midi(data, name=midi)
+
+    def plan(score):
+        return plan_parts(score, remap, start, duration, settings, label, stems=stems is not None)
+
+    parts = plan(score)
     if stems is not None:
         check_stem_outputs(parts, stems, settings.fmt, force)
     for notice in parts.notices:
@@ -270,7 +334,95 @@ def render_command(
         if output is None:  # only played: the mix is written to a scratch folder, removed at the end
             folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="spectrosynth-play-"))
             output = str(Path(folder) / f"mix.{settings.fmt}")
-        _render_parts(
-            parts, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
-            label=label, stems_dir=stems, mel_out=mel_out, play=playing,
-        )  # fmt: skip
+
+        def render(parts, force: bool, hold=None) -> Rendered:
+            return _render_parts(
+                parts, output, settings, loader, sampling=sampling, seed=seed, force=force, quiet=quiet,
+                label=label, stems_dir=stems, mel_out=mel_out, play=playing, cache=cache, hold=hold,
+            )  # fmt: skip
+
+        if not watch:
+            render(parts, force)
+            return
+        _watch(Path(midi), label, data, score, parts, plan, render, force, quiet, stems, settings.fmt)
+
+
+def _watch(path: Path, label: str, data: bytes, score, parts, plan, render, force: bool, quiet: bool,
+           stems: Path | None, fmt: str) -> None:  # fmt: skip
+    """--watch: render, then render again at every new complete version of the file (spectrosynth.watch),
+    saying what changed and how long it took, until Ctrl-C. A version that cannot be rendered (its tracks
+    no longer fit --mute, say) is one error line, and the watch goes on. With --play the previous version
+    stops playing when the next one starts rendering."""
+    from spectrosynth.errors import SpectrosynthError
+    from spectrosynth.stems import stem_paths
+    from spectrosynth.watch import versions
+
+    with contextlib.ExitStack() as hold:
+        render(parts, force, hold)
+        note(f"watching {path} for changes (Ctrl-C stops)", quiet)
+        for version in versions(path, last=data, label=label, note=lambda line: note(line, quiet)):
+            hold.close()  # the previous version stops playing
+            try:
+                fresh = plan(version.score)
+            except SpectrosynthError as e:
+                typer.echo(f"spectrosynth: error: {e}", err=True)
+                continue
+            for notice in fresh.notices:
+                if notice not in parts.notices:
+                    note(notice, quiet)
+            changes = describe_changes(score, version.score, parts.song, fresh.song)
+            try:
+                done = render(fresh, True, hold)
+            except SpectrosynthError as e:
+                hold.close()
+                typer.echo(f"spectrosynth: error: {e}", err=True)
+                continue
+            if stems is not None:  # stems of tracks that no longer play
+                for gone in set(stem_paths(parts, stems, fmt)) - set(stem_paths(fresh, stems, fmt)):
+                    gone.unlink(missing_ok=True)
+            cached = f" ({done.use.summary()})" if done.use is not None else ""
+            note(f"{label}: {changes}; re-rendered in {done.wall:.1f} s{cached}", quiet)
+            score, parts = version.score, fresh
+
+
+def describe_changes(old_score, new_score, old_song, new_song) -> str:
+    """What an edit changed, for --watch: `segments 12-14 of 35 changed (track 3)`, the segments (1-based)
+    whose tokens differ and the tracks whose notes, pedal, program or channel controllers differ."""
+    old, new = [s.tokens for s in old_song.segments], [s.tokens for s in new_song.segments]
+    changed = [k for k in range(len(new)) if k >= len(old) or old[k] != new[k]]
+    tracks = _changed_tracks(old_score, new_score)
+    which = ""
+    if tracks:
+        which = f" (track{'s' if len(tracks) > 1 else ''} {', '.join(map(str, tracks))})"
+    if not changed:
+        fewer = f"{len(old) - len(new)} segments fewer"
+        return ("no segment's notes changed" if len(new) == len(old) else fewer) + which
+    word = "segment" if len(changed) == 1 else "segments"
+    return f"{word} {_ranges(changed)} of {len(new)} changed{which}"
+
+
+def _ranges(indices: list[int]) -> str:
+    """0-based [11, 12, 13, 20] -> '12-14, 21'."""
+    spans: list[list[int]] = []
+    for k in indices:
+        if spans and k == spans[-1][1] + 1:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    return ", ".join(f"{a + 1}" if a == b else f"{a + 1}-{b + 1}" for a, b in spans)
+
+
+def _changed_tracks(old, new) -> list[int]:
+    """Track numbers (1-based) whose notes, sustain pedal, program, or channel's controllers differ, and
+    tracks added or removed."""
+
+    def signature(score, index: int):
+        track = score.tracks[index]
+        notes = [(n.pitch, n.velocity, n.start, n.end, n.program) for n in score.notes if n.track == index]
+        pedals = [(p.time, p.value) for p in score.pedals if p.track == index]
+        controls = [(c.time, c.number, c.value) for c in score.controls if c.channel == track.channel]
+        return track.program, track.is_drum, track.channel, notes, pedals, controls
+
+    common = min(len(old.tracks), len(new.tracks))
+    differ = [i + 1 for i in range(common) if signature(old, i) != signature(new, i)]
+    return differ + list(range(common + 1, max(len(old.tracks), len(new.tracks)) + 1))
