@@ -8,7 +8,8 @@ Each run is `spectrosynth render` in its own process on the first --seconds (30)
 file (example_complex.mid: 18 tracks with drums) with the random checkpoint in the published base sizes and
 a random vocoder of the published one's architecture and size (spectrosynth.testing's SoundStream decoder,
 14.9 M parameters), timed from the process's start to its exit (import, model load, sampling, vocoder,
-writing): what a user waits for. The default is also rendered with the tests' one-convolution vocoder
+writing): what a user waits for. Every run passes --no-cache: the segment cache would otherwise hand a
+repeated render its segments without sampling them. The default is also rendered with the tests' one-convolution vocoder
 (the same weights otherwise): the difference is the vocoder's share. The converted-weights cache
 (spectrosynth.converted) starts empty, so the first run in each precision shows the cold start and the
 second the warm one. The authors' recipe (2000 decoder passes per
@@ -62,7 +63,7 @@ def render(checkpoint: Path, options: list[str], seconds: float, out: Path, cach
     env = {**os.environ, "SPECTROSYNTH_CACHE": str(cache)}
     command = [sys.executable, "-m", "spectrosynth", "render", str(SONG), str(out),
                "--model", str(checkpoint), "--device", "cpu", "--duration", f"{seconds:g}", "--force",
-               *options]  # fmt: skip
+               "--no-cache", *options]  # fmt: skip
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - began

@@ -137,7 +137,8 @@ def run(checkpoint: Path, options: list[str], seconds: float, cache: Path) -> di
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "record.json"
         command = [sys.executable, __file__, "--child", str(record), "--", str(SONG), "--model",
-                   str(checkpoint), "--device", "cpu", "--duration", f"{seconds:g}", *options]  # fmt: skip
+                   str(checkpoint), "--device", "cpu", "--duration", f"{seconds:g}", "--no-cache",
+                   *options]  # fmt: skip
         began = time.time()
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0 or not record.exists():

@@ -34,7 +34,7 @@ def render(checkpoint: Path, song: Path, options: list[str], seconds: float, out
            start: float = 0.0) -> float:  # fmt: skip
     command = [sys.executable, "-m", "spectrosynth", "render", str(song), str(out), "--model",
                str(checkpoint), "--device", "cpu", "--start", f"{start:g}", "--duration", f"{seconds:g}",
-               "--force", "-q", *options]  # fmt: skip
+               "--force", "-q", "--no-cache", *options]  # fmt: skip
     began = time.perf_counter()
     subprocess.run(command, check=True, env=env)
     return time.perf_counter() - began
