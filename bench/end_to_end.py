@@ -9,8 +9,8 @@ file (example_complex.mid: 18 tracks with drums) with the random checkpoint in t
 a random vocoder of the published one's architecture and size (spectrosynth.testing's SoundStream decoder,
 14.9 M parameters), timed from the process's start to its exit (import, model load, sampling, vocoder,
 writing): what a user waits for. Every run passes --no-cache: the segment cache would otherwise hand a
-repeated render its segments without sampling them. The default is also rendered with the tests' one-convolution vocoder
-(the same weights otherwise): the difference is the vocoder's share. The converted-weights cache
+repeated render its segments without sampling them. The default is also rendered with the tests'
+one-convolution vocoder (the same weights otherwise): the difference is the vocoder's share. The converted-weights cache
 (spectrosynth.converted) starts empty, so the first run in each precision shows the cold start and the
 second the warm one. The authors' recipe (2000 decoder passes per
 segment) renders one segment only; its time for the whole excerpt is that segment's sampling time times the
