@@ -5,16 +5,16 @@ diffusers' default, side by side in one run (docs/performance.md).
     .venv/bin/python bench/end_to_end.py --size small     # the authors' small sizes (bench/small_vs_base.py)
 
 Each run is `spectrosynth render` in its own process on the first --seconds (30) of a real multi-track MIDI
-file (example_complex.mid: 18 tracks with drums) with the random checkpoint in the published base sizes and
-a random vocoder of the published one's architecture and size (spectrosynth.testing's SoundStream decoder,
-14.9 M parameters), timed from the process's start to its exit (import, model load, sampling, vocoder,
-writing): what a user waits for. Every run passes --no-cache: the segment cache would otherwise hand a
-repeated render its segments without sampling them. The default is also rendered with the tests'
-one-convolution vocoder (the same weights otherwise): the difference is the vocoder's share. The converted-weights cache
-(spectrosynth.converted) starts empty, so the first run in each precision shows the cold start and the
-second the warm one. The authors' recipe (2000 decoder passes per
-segment) renders one segment only; its time for the whole excerpt is that segment's sampling time times the
-number of segments plus the default run's other costs (said so in the output).
+file (example_complex.mid: 18 tracks with drums) with the random checkpoint in the published base sizes and a
+random vocoder of the published one's architecture and size (spectrosynth.testing's SoundStream decoder, 14.9
+M parameters), timed from the process's start to its exit (import, model load, sampling, vocoder, writing):
+what a user waits for. Every run passes --no-cache: the segment cache would otherwise hand a repeated render
+its segments without sampling them. The default is also rendered with the tests' one-convolution vocoder (the
+same weights otherwise): the difference is the vocoder's share. The converted-weights cache
+(spectrosynth.converted) starts empty, so the first run in each precision shows the cold start and the second
+the warm one. The authors' recipe (2000 decoder passes per segment) renders one segment only; its time for the
+whole excerpt is that segment's sampling time times the number of segments plus the default run's other costs
+(said so in the output).
 """
 
 from __future__ import annotations
