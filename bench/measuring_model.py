@@ -45,7 +45,11 @@ EVERY = 250
 
 def run(*args: str) -> None:
     print("+ spectrosynth " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "spectrosynth", *args], check=True)
+    code = subprocess.run([sys.executable, "-m", "spectrosynth", *args]).returncode
+    if code == 130:  # Ctrl-C: the run checkpointed; running this again resumes it
+        sys.exit("measuring_model.py: stopped; the run checkpointed, and running this again resumes it")
+    if code:
+        sys.exit(f"measuring_model.py: spectrosynth {args[0]} failed (exit {code})")
 
 
 def dataset(data: Path) -> None:
