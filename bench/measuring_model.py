@@ -127,17 +127,16 @@ def figures(out: Path) -> None:
     branches = sorted(out.parent.glob("cooldown-*"), key=lambda p: int(p.name.split("-")[1]))
     if branches:
         branch = branches[-1]
-        cut = [r for r in read_metrics(branch / "metrics.csv") if "val_loss" in r]
+        branch_rows = read_metrics(branch / "metrics.csv")
+        cut = [r for r in branch_rows if "val_loss" in r]
         summary["cooldown"] = {
-            "from_step": cooldown_start(read_metrics(branch / "metrics.csv")),
+            "from_step": cooldown_start(branch_rows),
             "steps": int(cut[-1]["step"]),
             "val_loss": cut[-1]["val_loss"],
             "val_loss_raw": cut[-1].get("val_loss_raw"),
         }
         shutil.copyfile(branch / "metrics.csv", ROOT / "bench/results/measuring_model_cooldown_metrics.csv")
-        plot_cooldown(
-            rows, read_metrics(branch / "metrics.csv"), ROOT / "docs/images/measuring-model-cooldown.png"
-        )
+        plot_cooldown(rows, branch_rows, ROOT / "docs/images/measuring-model-cooldown.png")
     print(json.dumps(summary, indent=2))
     (ROOT / "bench/results/measuring_model.json").write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -315,9 +315,10 @@ def _keep_schedule(out: Path, o: TrainOptions) -> None:
     if all(stored.get(k) == getattr(o, k) for k in TrainOptions.RESCHEDULE):
         return
     stored.update({k: getattr(o, k) for k in (*TrainOptions.RESCHEDULE, "max_steps")})
-    part = run_file.with_name(f".{RUN_FILE}.tmp")
-    part.write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, run_file)
+    from spectrosynth.audio import atomic_file
+
+    with atomic_file(run_file, force=True) as f:
+        f.write((json.dumps(stored, indent=2) + "\n").encode())
 
 
 def resumed_options(out_dir: str | os.PathLike[str], **changes: Any) -> TrainOptions:
